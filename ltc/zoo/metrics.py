@@ -64,7 +64,8 @@ def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
 def frechet_distance_from_features(feat_a: torch.Tensor, feat_b: torch.Tensor) -> float:
     """Frechet distance between Gaussians fitted to two feature sets ``[n_a, d]``, ``[n_b, d]``."""
     if feat_a.ndim != 2 or feat_b.ndim != 2 or feat_a.shape[1] != feat_b.shape[1]:
-        raise ValueError(f"feature sets must be [n, d] with the same d, got {tuple(feat_a.shape)}, {tuple(feat_b.shape)}")
+        raise ValueError(f"feature sets must be [n, d] with the same d, "
+                         f"got {tuple(feat_a.shape)}, {tuple(feat_b.shape)}")
     if feat_a.shape[0] < 2 or feat_b.shape[0] < 2:
         raise ValueError("each feature set needs at least 2 rows to fit a covariance")
     a, b = feat_a.double(), feat_b.double()

@@ -37,7 +37,8 @@ from .store import save_weights
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "zoo_training.json"
 FORMAT_VERSION = "1"
-SCHEDULE = Schedule.vp("linear", spacing="trailing")  # DDPM betas 1e-4..0.02, T = 1000; sampling spacing recorded for load()
+# DDPM betas 1e-4..0.02, T = 1000; the spacing is only recorded (for sampling with ltc.zoo.schedule)
+SCHEDULE = Schedule.vp("linear", spacing="trailing")
 
 
 def _lr(step: int, steps: int, lr: float, warmup: int) -> float:

@@ -1,0 +1,1 @@
+"""Fused Triton kernels of the step operations (installed as ``ltc.kernels``)."""

@@ -1,0 +1,115 @@
+"""``ltc.sample``: validate everything, compile the plan once, then walk it."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ops
+from .executor import CHECK_FINITE, SampleInfo, run_eager
+from .models import as_models
+from .plan import compile_plan
+from .policies import Full, Policy
+from .samplers import get_sampler
+from .schedule import Schedule
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_noise(noise, shape, generator, dtype, device):
+    """The initial state ``[B, *S]``: ``noise`` as given, or drawn from ``generator``."""
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if noise is not None:
+        if shape is not None:
+            raise ValueError("give either noise or shape, not both")
+        if not isinstance(noise, torch.Tensor):
+            raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
+        if noise.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"noise must have a floating dtype in {FLOAT_DTYPES}, got {noise.dtype}")
+        if dtype is not None and noise.dtype != dtype:
+            raise ValueError(f"noise has dtype {noise.dtype} but dtype={dtype} was requested")
+        if device is not None and noise.device != torch.device(device):
+            raise ValueError(f"noise is on {noise.device} but device={device} was requested")
+        if noise.dim() < 2:
+            raise ValueError(f"noise must be [B, *S] with at least 2 dims, got shape {tuple(noise.shape)}")
+        if not bool(torch.isfinite(noise).all()):
+            raise ValueError("noise contains NaN or Inf")
+        return noise
+    if shape is None:
+        raise ValueError("give noise (a tensor) or shape (and a generator for reproducibility)")
+    if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) >= 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise ValueError(f"shape must be a tuple of >= 2 positive ints [B, *S], got {shape!r}")
+    dtype = dtype or torch.float32
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampler="dpmpp_2m",
+           steps: int | None = None, noise: torch.Tensor | None = None, shape=None,
+           generator: torch.Generator | None = None, model_kwargs: dict | None = None,
+           guidance_scale: float | None = None, prediction: str | None = None,
+           dtype: torch.dtype | None = None, device=None, progress: bool = True,
+           return_info: bool = False, callback=None, backend: str | None = None,
+           check_finite: str = "auto"):
+    """Sample by walking a static plan of ``steps`` steps from ``noise`` to the clean end.
+
+    Args:
+        model_fns: one callable or a sequence (small to large, for stitching); each
+            ``fn(x, t, **model_kwargs) -> prediction`` (see :mod:`ltc.models`).
+        schedule: an :class:`ltc.Schedule`.
+        policy: :class:`ltc.policies.Full` (default), or an acceleration policy.
+        sampler: ``"ddim"``, ``"euler"``, ``"dpmpp_1m"``, ``"dpmpp_2m"``, ``"dpmpp_3m"`` or a
+            :class:`ltc.samplers.Sampler` (e.g. ``DDIM(eta=0.5)``; stochastic ones need ``generator``).
+        steps: number of sampling steps N (``None`` only for explicit schedules).
+        noise: the initial state ``[B, *S]`` (used as is, as in diffusers); or ``shape`` with
+            ``generator`` to draw it.
+        model_kwargs: passed to every model call (under guidance: for the doubled batch,
+            unconditional half first).
+        guidance_scale: classifier-free guidance: the model is called once on ``[x; x]`` and
+            ``m = m_u + g (m_c - m_u)`` is fused into the step.
+        prediction: the prediction type of callables that do not declare one.
+        progress: tqdm progress bar.  ``callback(dict)`` is called after every step (eager only).
+        return_info: also return a :class:`ltc.executor.SampleInfo` (NFE per model, the plan, backend).
+        backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: ``"step"``, ``"end"``,
+            ``"off"`` or ``"auto"`` (step on CPU, end on CUDA).
+
+    Returns:
+        ``[B, *S]`` samples (and the info when ``return_info``).
+    """
+    models = as_models(model_fns, prediction)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be an ltc.Schedule (e.g. Schedule.vp(...)), got {type(schedule).__name__}")
+    policy = Full() if policy is None else policy
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}")
+    solver = get_sampler(sampler)
+    if guidance_scale is not None:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
+        guidance_scale = float(guidance_scale)
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict or None, got {type(model_kwargs).__name__}")
+    if check_finite not in CHECK_FINITE:
+        raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
+    if solver.stochastic and generator is None:
+        raise ValueError(f"sampler {solver!r} draws noise every step: pass generator= for reproducible samples")
+    grid = schedule.discretize(steps)
+    plan = compile_plan(grid, solver, policy, [m.prediction for m in models], guidance_scale)
+    x_init = _check_noise(noise, shape, generator, dtype, device)
+    backend_name, backend_ops = ops.resolve(backend, x_init.device)
+    check_models = getattr(policy, "check_models", None)  # e.g. TStitch: models agree, before sampling
+    if check_models is not None:
+        check_models(models, x_init, float(grid.t[0]), model_kwargs, cfg=plan.cfg)
+    x = run_eager(plan, models, x_init, ops=backend_ops, model_kwargs=model_kwargs, generator=generator,
+                  callback=callback, progress=progress, check_finite=check_finite)
+    if not return_info:
+        return x
+    info = SampleInfo(nfe=plan.nfe, nfe_per_model=plan.nfe_per_model(),
+                      model_names=[m.name for m in models], plan=plan, backend=backend_name)
+    return x, info

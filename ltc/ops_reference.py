@@ -1,0 +1,81 @@
+"""Torch reference of the fused step operations: the specification every kernel is tested against.
+
+Shapes: ``x``, ``x_prev``, ``out``, ``noise``: ``[B, *S]`` in the storage dtype (fp32, fp16,
+bf16 or fp64); ``model_out``: ``[B, *S]``, or ``[2B, *S]`` with classifier-free guidance
+(unconditional half first); ``hist``: ``[H, B, *S]`` storage dtype, the clean estimate D_j of
+step j lives in slot ``j % H``; ``coefs``: the plan's ``[N, NCOLS]`` table in the compute dtype
+(float32, or float64 for float64 storage); ``step``: the step index, a Python int or a 0-d
+integer tensor on the device (graph replay).  Arithmetic is in the compute dtype; results are
+rounded once to the storage dtype when written.  ``out`` may alias ``x`` (model step) or
+``x_prev`` (extrapolated step).  The equations are those of :mod:`ltc.plan`.
+"""
+from __future__ import annotations
+
+import torch
+
+from .plan import Col
+
+
+def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
+               step, out: torch.Tensor, *, reads: int, cfg: bool,
+               noise: torch.Tensor | None = None) -> None:
+    """One model step: CFG combine, prediction -> D_i, solver update, D_i -> hist.
+
+        m = m_u + G (m_c - m_u);  D_i = PX x + PM m;
+        out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
+
+    ``reads`` (0, 1 or 2) is how many past D the step uses (solver order - 1).
+    """
+    row = coefs[step]
+    ct = row.dtype
+    H = hist.shape[0]
+    xf = x.to(ct)
+    m = model_out.to(ct)
+    if cfg:
+        m_u, m_c = m.chunk(2)
+        m = m_u + row[Col.GUIDANCE] * (m_c - m_u)
+    d = row[Col.PX] * xf + row[Col.PM] * m
+    nxt = row[Col.A] * xf + row[Col.B0] * d
+    if reads >= 1:
+        nxt = nxt + row[Col.B1] * hist[(step - 1) % H].to(ct)
+    if reads >= 2:
+        nxt = nxt + row[Col.B2] * hist[(step - 2) % H].to(ct)
+    if noise is not None:
+        nxt = nxt + row[Col.NOISE] * noise.to(ct)
+    hist[step % H] = d.to(hist.dtype)
+    out.copy_(nxt)
+
+
+def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
+                     step, out: torch.Tensor, *, reads: int) -> None:
+    """One extrapolated step (no model call) and the clean estimate it implies:
+
+        out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};   hist[i % H] = IN out + IC x
+
+    ``reads`` (0, 1 or 2) is how many past D the extrapolation uses.
+    """
+    row = coefs[step]
+    ct = row.dtype
+    H = hist.shape[0]
+    xf = x.to(ct)
+    nxt = row[Col.EX] * xf + row[Col.EXP] * x_prev.to(ct)
+    if reads >= 1:
+        nxt = nxt + row[Col.EH1] * hist[(step - 1) % H].to(ct)
+    if reads >= 2:
+        nxt = nxt + row[Col.EH2] * hist[(step - 2) % H].to(ct)
+    hist[step % H] = (row[Col.IN] * nxt + row[Col.IC] * xf).to(hist.dtype)
+    out.copy_(nxt)
+
+
+def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``[<d, r>, <d, d>]`` with ``d = x - x_prev``, ``r = x_target - x``.
+
+    Returns ``[B, 2]`` float32 (float64 for float64 inputs); the LTC least-squares weight of a
+    step is ``w = sum_b <d,r> / (gamma * sum_b <d,d>)``.  Deterministic: fixed reduction order.
+    """
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    B = x.shape[0]
+    xf = x.to(ct).reshape(B, -1)
+    d = xf - x_prev.to(ct).reshape(B, -1)
+    r = x_target.to(ct).reshape(B, -1) - xf
+    return torch.stack([(d * r).sum(1), (d * d).sum(1)], dim=1)

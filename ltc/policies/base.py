@@ -1,0 +1,49 @@
+"""The policy interface, and the plain policy that calls one model at every step.
+
+A policy decides, per step of a grid, which model runs or whether the step is extrapolated
+(:class:`ltc.plan.Decision`).  It is consulted once, when the plan is compiled; nothing of it
+runs inside the sampling loop.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..plan import EXTRAPOLATION_COLS, Decision
+
+
+class Policy:
+    """Base class.  Subclasses implement :meth:`decide` and :meth:`config`."""
+
+    def decide(self, grid, sampler, n_models: int) -> Decision:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def config(self) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "policy")
+        return f"{type(self).__name__}({args})"
+
+
+def no_extrapolation(steps: int) -> np.ndarray:
+    """The ``[N, 6]`` extrapolation block of a plan without extrapolated steps."""
+    return np.zeros((steps, len(EXTRAPOLATION_COLS)))
+
+
+class Full(Policy):
+    """Every step calls one model: ``model`` (an index into ``model_fns``; default the last,
+    i.e. the largest when models are ordered small to large)."""
+
+    def __init__(self, model: int = -1):
+        if isinstance(model, bool) or not isinstance(model, int):
+            raise TypeError(f"model must be an int index into model_fns, got {type(model).__name__}")
+        self.model = model
+
+    def config(self) -> dict:
+        return {"policy": "full", "model": self.model}
+
+    def decide(self, grid, sampler, n_models: int) -> Decision:
+        if not -n_models <= self.model < n_models:
+            raise ValueError(f"Full(model={self.model}) but only {n_models} model(s) were given")
+        index = self.model % n_models
+        return Decision(np.full(grid.steps, index, np.int64), no_extrapolation(grid.steps))

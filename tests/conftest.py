@@ -1,0 +1,21 @@
+"""Test configuration: Triton runs in its CPU interpreter when no CUDA device is present.
+
+TRITON_INTERPRET must be set before triton is imported, hence here, at collection time.
+GPU-only tests use the ``gpu`` marker and skip with the reason "no CUDA device".
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
