@@ -41,6 +41,8 @@ def check_family(prediction: str, family: str) -> None:
 def x0_coefficients(prediction: str, alpha: float, sigma: float) -> tuple[float, float]:
     """``(px, pm)`` such that ``x0 = px * x + pm * m`` for a model output ``m``."""
     if prediction == "eps":
+        if alpha == 0:  # pure noise: eps carries no information about x0
+            return float("inf"), float("-inf")
         return 1.0 / alpha, -sigma / alpha
     if prediction == "x0":
         return 0.0, 1.0
