@@ -26,8 +26,8 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
 
     ``reads`` (0, 1 or 2) is how many past D the step uses (solver order - 1).
     """
-    row = coefs[step]
-    ct = row.dtype
+    row = coefs[step].unbind()  # one op for all 0-d coefficient views
+    ct = coefs.dtype
     H = hist.shape[0]
     xf = x.to(ct)
     m = model_out.to(ct)
@@ -37,11 +37,11 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
     d = row[Col.PX] * xf + row[Col.PM] * m
     nxt = row[Col.A] * xf + row[Col.B0] * d
     if reads >= 1:
-        nxt = nxt + row[Col.B1] * hist[(step - 1) % H].to(ct)
+        nxt += row[Col.B1] * hist[(step - 1) % H].to(ct)
     if reads >= 2:
-        nxt = nxt + row[Col.B2] * hist[(step - 2) % H].to(ct)
+        nxt += row[Col.B2] * hist[(step - 2) % H].to(ct)
     if noise is not None:
-        nxt = nxt + row[Col.NOISE] * noise.to(ct)
+        nxt += row[Col.NOISE] * noise.to(ct)
     hist[step % H] = d.to(hist.dtype)
     out.copy_(nxt)
 
@@ -54,15 +54,15 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
 
     ``reads`` (0, 1 or 2) is how many past D the extrapolation uses.
     """
-    row = coefs[step]
-    ct = row.dtype
+    row = coefs[step].unbind()
+    ct = coefs.dtype
     H = hist.shape[0]
     xf = x.to(ct)
     nxt = row[Col.EX] * xf + row[Col.EXP] * x_prev.to(ct)
     if reads >= 1:
-        nxt = nxt + row[Col.EH1] * hist[(step - 1) % H].to(ct)
+        nxt += row[Col.EH1] * hist[(step - 1) % H].to(ct)
     if reads >= 2:
-        nxt = nxt + row[Col.EH2] * hist[(step - 2) % H].to(ct)
+        nxt += row[Col.EH2] * hist[(step - 2) % H].to(ct)
     hist[step % H] = (row[Col.IN] * nxt + row[Col.IC] * xf).to(hist.dtype)
     out.copy_(nxt)
 

@@ -1,0 +1,17 @@
+"""Command line: ``python -m ltc demo`` (the README's main job)."""
+from __future__ import annotations
+
+import argparse
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="ltc", description="ltc: fast, exact diffusion sampling")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the demo on the models shipped in the package (CPU, about a minute)")
+    demo.add_argument("--oracle", action="store_true", help="only the exact-oracle sampler table")
+    demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from . import demo_oracle
+        demo_oracle.main(progress=not args.no_progress)
+    return 0
