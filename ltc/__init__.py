@@ -10,8 +10,10 @@ from .executor import NonFiniteError, SampleInfo
 from .models import Model
 from .plan import Plan, compile_plan
 from .schedule import Grid, Schedule
+from .stepper import Stepper, StepRequest
 
 __version__ = "0.1.0"
 
 __all__ = ["sample", "Schedule", "Grid", "Model", "Plan", "compile_plan", "SampleInfo",
            "NonFiniteError", "policies", "samplers", "oracles", "ops", "__version__"]
+__all__ += ["Stepper", "StepRequest"]

@@ -46,6 +46,24 @@ def _nonfinite_message(model: Model, step: int) -> str:
     return f"model {model.name!r} returned NaN or Inf at step {step}"
 
 
+def advance(plan: Plan, i: int, x: torch.Tensor, out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
+            ops, model_out: torch.Tensor | None = None, generator: torch.Generator | None = None) -> None:
+    """Take step ``i`` of ``plan`` from state ``x`` into ``out`` (the buffer holding x_{i-1}).
+
+    An extrapolated step needs no ``model_out``; a model step takes the (validated) model output
+    and draws the step's fresh noise z from ``generator`` when ``plan.noisy[i]``.  The one place
+    a step is taken: :func:`run_eager` and :class:`ltc.Stepper` both call it.
+    """
+    if plan.models[i] == EXTRAPOLATE:
+        ops.extrapolate_step(x, out, hist, coefs, i, out, reads=plan.history_reads[i])
+        return
+    z = None
+    if plan.noisy[i]:
+        gen_device = generator.device if generator is not None else x.device
+        z = torch.randn(x.shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+    ops.model_step(x, model_out, hist, coefs, i, out, reads=plan.history_reads[i], cfg=plan.cfg, noise=z)
+
+
 def run_eager(plan: Plan, models: list[Model], noise: torch.Tensor, *, ops, model_kwargs=None,
               generator: torch.Generator | None = None, callback=None, progress: bool = False,
               check_finite: str = "auto") -> torch.Tensor:
@@ -73,7 +91,7 @@ def run_eager(plan: Plan, models: list[Model], noise: torch.Tensor, *, ops, mode
         x, out = xs[i % 2], xs[(i + 1) % 2]
         k = plan.models[i]
         if k == EXTRAPOLATE:
-            ops.extrapolate_step(x, out, hist, coefs, i, out, reads=plan.history_reads[i])
+            advance(plan, i, x, out, hist, coefs, ops)
         else:
             model = models[k]
             inp = torch.cat([x, x]) if plan.cfg else x
@@ -84,11 +102,7 @@ def run_eager(plan: Plan, models: list[Model], noise: torch.Tensor, *, ops, mode
             if first_bad is not None:
                 bad = (first_bad < 0) & ~torch.isfinite(pred).all()
                 first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
-            z = None
-            if plan.noisy[i]:
-                gen_device = generator.device if generator is not None else device
-                z = torch.randn(noise.shape, generator=generator, device=gen_device, dtype=dtype).to(device)
-            ops.model_step(x, pred, hist, coefs, i, out, reads=plan.history_reads[i], cfg=plan.cfg, noise=z)
+            advance(plan, i, x, out, hist, coefs, ops, pred, generator)
         if callback is not None:
             callback({"step": i, "x": out, "t": plan.grid.t[i], "sigma": plan.grid.sigma[i],
                       "sigma_next": plan.grid.sigma[i + 1], "denoised": hist[i % HISTORY_SLOTS],

@@ -1,0 +1,216 @@
+"""``ltc.Stepper``: the plan walk turned inside out, for sampling loops the library does not own.
+
+The caller keeps its loop and makes every model call itself; the stepper owns the state and the
+compiled plan and tells the caller what to evaluate::
+
+    st = ltc.Stepper(schedule, policy, sampler="dpmpp_2m", steps=20, noise=x_T, predictions="eps")
+    while not st.done:
+        x_in, t, k = st.request()          # model input [B|2B, *S], times [B|2B], model index k
+        st.step(models[k](x_in, t))        # -> the next state (also st.x)
+    x0 = st.x
+
+A plan step ``i`` is either a model step or an extrapolated step (:mod:`ltc.plan`).  Extrapolated
+steps never reach the caller: :meth:`Stepper.step` takes the model step and then every
+extrapolated step that follows it, so after it returns, ``st.x`` is the state where the next model
+call is needed (or the final sample).  The first plan step is never extrapolated, so
+:meth:`request` has no side effects and may be called again.
+
+Every step goes through :func:`ltc.executor.advance` with the plan's device coefficient table and
+the same state/history buffers as :func:`ltc.executor.run_eager`, so for the same noise (and
+generator, for stochastic samplers) the result equals :func:`ltc.sample` bit for bit.  Model outputs
+are validated as in the executor: shape, dtype and device at every step (host metadata only), and
+non-finite values per ``check_finite`` (``"step"``: a host check each step, the CPU default;
+``"end"``: a device-side record of the first bad step, raised once when the walk finishes, the
+CUDA default; ``"off"``).  Nothing else copies a value to the host.
+
+Under classifier-free guidance (``guidance_scale``) :meth:`request` returns ``[x; x]`` and the
+caller returns the model output on the doubled batch, unconditional half first.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from . import ops
+from . import predictions as P
+from .api import FLOAT_DTYPES
+from .executor import CHECK_FINITE, NonFiniteError, _nonfinite_message, advance, compute_dtype
+from .models import Model, check_output
+from .plan import EXTRAPOLATE, HISTORY_SLOTS, Plan, compile_plan
+from .policies import Full, Policy
+from .samplers import get_sampler
+from .schedule import Schedule
+
+
+class StepRequest(NamedTuple):
+    """What the caller evaluates: ``model_index``'s output at ``x`` ``[M, *S]`` and times ``t`` ``[M]``
+    (``M = 2B`` under guidance, unconditional half first; else ``M = B``)."""
+
+    x: torch.Tensor
+    t: torch.Tensor
+    model_index: int
+
+
+class _Expected(NamedTuple):
+    """Shape/dtype/device a model output must have (what :func:`ltc.models.check_output` reads)."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _prediction_names(predictions) -> list[str]:
+    """One prediction type per model: from a string, or a sequence of strings / objects with ``.prediction``."""
+    if isinstance(predictions, (str, Model)) or callable(predictions):
+        predictions = [predictions]
+    if not isinstance(predictions, Sequence) or isinstance(predictions, bytes) or len(predictions) == 0:
+        raise TypeError("predictions must be a prediction type (e.g. 'eps'), an ltc.Model, or a non-empty "
+                        f"sequence of them (one per model index), got {type(predictions).__name__}")
+    names = []
+    for k, p in enumerate(predictions):
+        declared = p if isinstance(p, str) else getattr(p, "prediction", None)
+        if not isinstance(declared, str):
+            raise TypeError(f"predictions[{k}] must be a prediction type in {P.PREDICTIONS} or a model with a "
+                            f"'prediction' attribute, got {type(p).__name__}")
+        names.append(P.canonical(declared))
+    return names
+
+
+def _model_names(predictions, count: int) -> list[str]:
+    items = predictions if isinstance(predictions, Sequence) and not isinstance(predictions, str) else [predictions]
+    return [getattr(p, "name", None) if isinstance(getattr(p, "name", None), str) else f"model {k}"
+            for k, p in zip(range(count), items)]
+
+
+class Stepper:
+    """Walk a compiled plan one model call at a time, the caller making the calls.
+
+    Args:
+        schedule: an :class:`ltc.Schedule`.
+        policy: :class:`ltc.policies.Full` (default) or any policy (T-Stitch, LTC, ...).
+        sampler: a name in :data:`ltc.samplers.SAMPLER_NAMES` or a :class:`ltc.samplers.Sampler`.
+        steps: number of sampling steps N (``None`` only for explicit schedules).
+        noise: the initial state ``[B, *S]`` (copied; never modified).
+        predictions: the prediction type of each model index: one string (one model), or a
+            sequence of strings or of :class:`ltc.Model` / callables with a ``prediction`` attribute.
+        guidance_scale: classifier-free guidance scale G (``m = m_u + G (m_c - m_u)``), or ``None``.
+        generator: the generator of the per-step noise of stochastic samplers (required for them).
+        backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: see the module docstring.
+
+    Attributes: ``plan`` (the compiled :class:`ltc.Plan`), ``step_index`` (the next plan step),
+    ``x`` (the current state), ``done``, ``backend``.
+    """
+
+    def __init__(self, schedule: Schedule, policy: Policy | None = None, *, sampler="dpmpp_2m",
+                 steps: int | None = None, noise: torch.Tensor, predictions,
+                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
+                 backend: str | None = None, check_finite: str = "auto"):
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be an ltc.Schedule, got {type(schedule).__name__}")
+        policy = Full() if policy is None else policy
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}")
+        solver = get_sampler(sampler)
+        preds = _prediction_names(predictions)
+        if guidance_scale is not None:
+            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                    or not math.isfinite(guidance_scale):
+                raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
+            guidance_scale = float(guidance_scale)
+        if not isinstance(noise, torch.Tensor):
+            raise TypeError(f"noise must be a torch.Tensor [B, *S], got {type(noise).__name__}")
+        if noise.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"noise must have a floating dtype in {FLOAT_DTYPES}, got {noise.dtype}")
+        if noise.dim() < 2:
+            raise ValueError(f"noise must be [B, *S] with at least 2 dims, got shape {tuple(noise.shape)}")
+        if check_finite not in CHECK_FINITE:
+            raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if solver.stochastic and generator is None:
+            raise ValueError(f"sampler {solver!r} draws noise every step: pass generator= for reproducible samples")
+
+        self.plan: Plan = compile_plan(schedule.discretize(steps), solver, policy, preds, guidance_scale)
+        self.backend, self._ops = ops.resolve(backend, noise.device)
+        self._models = [Model(_no_call, p, n) for p, n in zip(preds, _model_names(predictions, len(preds)))]
+        self._generator = generator
+        device, dtype = noise.device, noise.dtype
+        if check_finite == "auto":
+            check_finite = "end" if device.type == "cuda" else "step"
+        self._check_finite = check_finite
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=device) if check_finite == "end" else None
+        self._coefs = self.plan.coefficients(compute_dtype(dtype), device)
+        self._timesteps = self.plan.timesteps(torch.float64 if dtype == torch.float64 else torch.float32, device)
+        self._xs = [noise.clone(), torch.empty_like(noise)]
+        self._hist = torch.empty((HISTORY_SLOTS, *noise.shape), dtype=dtype, device=device)
+        batch = noise.shape[0] * (2 if self.plan.cfg else 1)
+        self._expected = _Expected(torch.Size((batch, *noise.shape[1:])), dtype, device)
+        self._i = 0
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        """Whether every plan step has been taken (``x`` is then the sample)."""
+        return self._i == self.plan.steps
+
+    @property
+    def step_index(self) -> int:
+        """Index ``i`` of the next plan step (``plan.steps`` when done)."""
+        return self._i
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The current state ``[B, *S]``: a view of the stepper's buffer, overwritten two plan steps
+        later -- ``.clone()`` it to keep it."""
+        return self._xs[self._i % 2]
+
+    @property
+    def model_calls_left(self) -> int:
+        """Model calls still to make (a progress-bar total)."""
+        return sum(m != EXTRAPOLATE for m in self.plan.models[self._i:])
+
+    # -- the walk -----------------------------------------------------------------------------
+    def request(self) -> StepRequest:
+        """The model call the next step needs: ``(x_input, t, model_index)`` (no side effects)."""
+        if self.done:
+            raise RuntimeError("the stepper is done: all steps were taken; read .x")
+        i, x = self._i, self.x
+        inp = torch.cat([x, x]) if self.plan.cfg else x
+        return StepRequest(inp, self._timesteps[i].expand(self._expected.shape[0]), self.plan.models[i])
+
+    def step(self, model_output: torch.Tensor) -> torch.Tensor:
+        """Take the model step with ``model_output`` (for the input of :meth:`request`), then every
+        extrapolated step after it.  Returns the new current state (``self.x``)."""
+        if self.done:
+            raise RuntimeError("the stepper is done: all steps were taken; read .x")
+        i, k = self._i, self.plan.models[self._i]
+        check_output(model_output, self._expected, i, self._models[k])
+        if self._check_finite == "step" and not bool(torch.isfinite(model_output).all()):
+            raise NonFiniteError(_nonfinite_message(self._models[k], i))
+        if self._first_bad is not None:
+            bad = (self._first_bad < 0) & ~torch.isfinite(model_output).all()
+            self._first_bad = torch.where(bad, torch.full_like(self._first_bad, i), self._first_bad)
+        self._advance(model_output)
+        while not self.done and self.plan.models[self._i] == EXTRAPOLATE:
+            self._advance(None)
+        if self.done and self._first_bad is not None:
+            bad_step = int(self._first_bad)  # the one device->host copy, when the walk ends
+            if bad_step >= 0:
+                raise NonFiniteError(_nonfinite_message(self._models[self.plan.models[bad_step]], bad_step))
+        return self.x
+
+    def _advance(self, model_output) -> None:
+        i = self._i
+        advance(self.plan, i, self._xs[i % 2], self._xs[(i + 1) % 2], self._hist, self._coefs, self._ops,
+                model_output, self._generator)
+        self._i = i + 1
+
+    def __repr__(self) -> str:
+        return f"Stepper(step {self._i}/{self.plan.steps}, {self.plan.describe()})"
+
+
+def _no_call(x, t):  # pragma: no cover - the stepper's Model objects only name models in messages
+    raise RuntimeError("the stepper never calls a model; the caller does")
