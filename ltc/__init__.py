@@ -6,6 +6,8 @@
 """
 from . import ops, oracles, policies, samplers
 from .api import sample
+from .calibration import Calibration
+from .calibration_fit import calibrate
 from .executor import NonFiniteError, SampleInfo
 from .models import Model
 from .plan import Plan, compile_plan
@@ -17,3 +19,4 @@ __version__ = "0.1.0"
 __all__ = ["sample", "Schedule", "Grid", "Model", "Plan", "compile_plan", "SampleInfo",
            "NonFiniteError", "policies", "samplers", "oracles", "ops", "__version__"]
 __all__ += ["Stepper", "StepRequest"]
+__all__ += ["calibrate", "Calibration"]

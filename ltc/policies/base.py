@@ -24,6 +24,12 @@ class Policy:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "policy")
         return f"{type(self).__name__}({args})"
 
+    def __or__(self, other):
+        """``base | accelerator``: ``other`` applied on top of this policy's decision, for policies
+        that offer ``with_base`` (e.g. ``TStitch(...) | LTC(...)``)."""
+        with_base = getattr(other, "with_base", None)
+        return NotImplemented if with_base is None else with_base(self)
+
 
 def no_extrapolation(steps: int) -> np.ndarray:
     """The ``[N, 6]`` extrapolation block of a plan without extrapolated steps."""

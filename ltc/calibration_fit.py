@@ -1,0 +1,213 @@
+"""``ltc.calibrate``: fit the LTC weights of one (model, schedule, sampler, steps) on calibration noise.
+
+Passes, all on the calibration noises (model calls counted in ``Calibration.cost``):
+
+1. the full-N run of the sampler (N calls), recording the coherence curve;
+2. the fit walk (:class:`ltc.ltc_walk.LTCWalk` in fit mode; NFE + K calls): the one-step
+   closed-form least squares at each extrapolated step, clamped to ``clamp``, continuing from the
+   extrapolated state (``objective="step"`` stops here);
+3. ``objective="trajectory"``: the teacher's endpoints and Levenberg-Marquardt on the whole weight
+   vector (:mod:`ltc.trajectory_fit`), started at the one-step fit;
+4. the report (``report=True``): the teacher, the plain samplers at the LTC NFE and LTC w = 1, on
+   the calibration noises and on ``held_out`` noises when given, and the refusal rule
+   (:mod:`ltc.calibration_report`).  A refused calibration is announced with a warning, and the
+   summary names the better plain plan.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from . import ops
+from .api import _check_noise
+from .calibration import Calibration
+from .calibration_report import decide, decision_line, row
+from .calibration_runs import Runner, evaluated_grid, teacher_grid
+from .ltc_walk import LTCWalk
+from .models import as_models
+from .plan import Plan, compile_plan
+from .policies import Full, LTC
+from .samplers import DPMSolverPP, get_sampler
+from .schedule import Schedule
+from .trajectory_fit import fit_trajectory
+
+OBJECTIVES = ("step", "trajectory")
+TEACHERS = ("dpmpp_2m", "full")
+
+
+def _check_clamp(clamp) -> tuple[float, float]:
+    if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in clamp)
+            and clamp[0] <= clamp[1]):
+        raise ValueError(f"clamp must be a pair (lo, hi) of finite numbers with lo <= hi, got {clamp!r}")
+    return float(clamp[0]), float(clamp[1])
+
+
+def _check_held_out(held_out, noise):
+    if held_out is None:
+        return None
+    if not isinstance(held_out, torch.Tensor):
+        raise TypeError(f"held_out must be a noise tensor [B, *S], got {type(held_out).__name__}")
+    if held_out.shape[1:] != noise.shape[1:] or held_out.dtype != noise.dtype or held_out.device != noise.device:
+        raise ValueError(f"held_out must have the per-sample shape, dtype and device of the calibration noise "
+                         f"({tuple(noise.shape[1:])}, {noise.dtype}, {noise.device}); got "
+                         f"{tuple(held_out.shape[1:])}, {held_out.dtype}, {held_out.device}")
+    return held_out
+
+
+def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampler="dpmpp_2m",
+              steps: int | None = None, noise: torch.Tensor | None = None, shape=None,
+              generator: torch.Generator | None = None, held_out: torch.Tensor | None = None,
+              held_out_kwargs: dict | None = None, objective: str = "step", teacher="dpmpp_2m",
+              clamp=(0.0, 10.0), ridge: float = 1e-2, max_iter: int = 3, fd_step: float | None = None,
+              model_kwargs: dict | None = None, guidance_scale: float | None = None,
+              prediction: str | None = None, dtype: torch.dtype | None = None, device=None,
+              backend: str | None = None, report: bool = True, verbose: bool = True) -> Calibration:
+    """Calibrate the weights of ``policy`` (default ``LTC()``) for ``model_fns`` on ``schedule``.
+
+    Args:
+        sampler, steps, model_kwargs, guidance_scale, prediction, dtype, device, backend: as in
+            :func:`ltc.sample` (the sampler must be deterministic).
+        noise | shape + generator: the calibration noises ``[B, *S]`` (e.g. 64 samples).
+        held_out: other noises ``[B', *S]`` for the report (with ``held_out_kwargs``).
+        objective: ``"step"`` (one-step closed-form least squares) or ``"trajectory"``
+            (endpoint against ``teacher``, :mod:`ltc.trajectory_fit`; ``ridge``, ``max_iter``,
+            ``fd_step``).
+        teacher: ``"dpmpp_2m"`` (DPM-Solver++(2M), 2N steps on the same schedule), ``"full"``
+            (the full-N run of ``sampler``) or an :class:`ltc.Plan` on the same models.
+        clamp: bounds of the one-step weights (reference: [0, 10]).
+        report: run the comparison rows and the refusal rule; ``verbose``: print the summary.
+    """
+    models = as_models(model_fns, prediction)
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be an ltc.Schedule, got {type(schedule).__name__}")
+    policy = LTC() if policy is None else policy
+    if not isinstance(policy, LTC):
+        raise TypeError(f"policy must be an ltc.policies.LTC, got {type(policy).__name__}")
+    solver = get_sampler(sampler)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if not (isinstance(teacher, Plan) or teacher in TEACHERS):
+        raise ValueError(f"teacher must be one of {TEACHERS} or an ltc.Plan, got {teacher!r}")
+    lo_hi = _check_clamp(clamp)
+    if not (isinstance(ridge, (int, float)) and ridge >= 0):
+        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 0):
+        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+    if guidance_scale is not None:
+        guidance_scale = float(guidance_scale)
+    grid = schedule.discretize(steps)
+    ltc_plan = compile_plan(grid, solver, policy, [m.prediction for m in models], guidance_scale)
+    if isinstance(teacher, Plan):
+        _check_teacher_plan(teacher, grid, models)
+    x0 = _check_noise(noise, shape, generator, dtype, device)
+    held_out = _check_held_out(held_out, x0)
+    _, backend_ops = ops.resolve(backend, x0.device)
+
+    base = policy.base or Full()
+    runner = Runner(models, x0, ops=backend_ops, model_kwargs=model_kwargs, guidance_scale=guidance_scale)
+    full_plan = runner.compile(grid, solver, base)
+    x_full, coherence = runner.run_plan(full_plan, coherence=True)
+    skip = policy.extrapolated_steps(grid.steps)
+    R0, R1 = policy.rows(grid, solver, skip)
+
+    def make_walk(kwargs):
+        return LTCWalk(full_plan, skip, R0, R1, models, ops=backend_ops, model_kwargs=kwargs,
+                       dtype=x0.dtype, device=x0.device)
+
+    walk = make_walk(model_kwargs)
+    fitted = walk.run(x0, fit=lo_hi)
+    w_step = fitted.weights.double().cpu().numpy()
+    dots = fitted.dots.numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_sample = np.where(dots[:, :, 1] > 0, dots[:, :, 0] / dots[:, :, 1], np.nan)
+        residual = fitted.residual.sum(1).numpy() / fitted.transition.sum(1).numpy()
+    cost = {"full_run": full_plan.nfe, "fit_walk": walk.calls}
+
+    teacher_plan = teacher if isinstance(teacher, Plan) else runner.compile(teacher_grid(schedule, grid),
+                                                                            DPMSolverPP(2), base)
+    teacher_name = (f"plan {teacher_plan.sampler!r} {teacher_plan.steps} steps" if isinstance(teacher, Plan)
+                    else f"dpmpp_2m {teacher_plan.steps} steps")
+    fit_info = {"objective": objective, "clamp": list(lo_hi), "teacher": teacher_name if teacher != "full"
+                else f"full {grid.steps} steps of {solver.config()['name']}"}
+    w, x_ltc = w_step, fitted.x
+    if objective == "trajectory":
+        before = runner.calls
+        target = x_full if teacher == "full" else runner.run_plan(teacher_plan)
+        cost["teacher"] = runner.calls - before
+        calls = walk.calls
+        w, x_ltc, info = fit_trajectory(walk, x0, target, w_step, ridge=ridge, max_iter=max_iter, fd_step=fd_step)
+        cost["trajectory_fit"] = walk.calls - calls
+        fit_info.update(info)
+    rep = {}
+    if report:
+        before, walk_calls = runner.calls, walk.calls
+        sets = {"calibration": _rows(schedule, grid, solver, base, runner, walk, teacher_plan, x_full, x_ltc,
+                                     w, ltc_plan, objective, policy.state)}
+        cost["report"] = runner.calls - before + walk.calls - walk_calls
+        if held_out is not None:
+            hrun = Runner(models, held_out, ops=backend_ops, model_kwargs=held_out_kwargs,
+                          guidance_scale=guidance_scale)
+            hwalk = make_walk(held_out_kwargs)
+            x_hfull = hrun.run_plan(runner.compile(grid, solver, base))
+            x_hltc = hwalk.run(held_out, torch.as_tensor(w, dtype=walk.ct, device=walk.device)).x
+            sets["held_out"] = _rows(schedule, grid, solver, base, hrun, hwalk, teacher_plan, x_hfull, x_hltc,
+                                     w, ltc_plan, objective, policy.state)
+            cost["held_out"] = hrun.calls + hwalk.calls
+        rep = {"teacher": teacher_name, "sets": sets, "decision": decide(sets["calibration"]),
+               "decisions": {name: decide(rows) for name, rows in sets.items()}}
+    cost["total"] = sum(v for k, v in cost.items() if k != "held_out")
+    from . import __version__
+    cal = Calibration(weights=np.asarray(w, np.float64), weights_step=w_step, steps=np.asarray(skip, np.int64),
+                      gamma=policy.gammas(grid, skip), residual=residual, w_mean=np.nanmean(per_sample, 1),
+                      w_std=np.nanstd(per_sample, 1), coherence=coherence, grid=grid, sampler=solver.config(),
+                      structure=policy.structure(), key=policy.calibration_key(grid, solver), fit=fit_info,
+                      cost=cost, report=rep, version=__version__)
+    if verbose:
+        print(cal.summary())
+    if rep and not rep["decision"]["accepted"]:
+        warnings.warn(decision_line(rep["decision"]), stacklevel=2)
+    return cal
+
+
+def _check_teacher_plan(plan: Plan, grid, models) -> None:
+    g = plan.grid
+    if not (np.isclose(g.sigma[0], grid.sigma[0]) and np.isclose(g.alpha[0], grid.alpha[0])
+            and np.isclose(g.sigma[-1], grid.sigma[-1])):
+        raise ValueError("the teacher plan must start and end at the calibration grid's first and last points "
+                         f"(sigma {grid.sigma[0]:.6g} -> {grid.sigma[-1]:.6g}); got {g.sigma[0]:.6g} -> {g.sigma[-1]:.6g}")
+    if len(plan.predictions) != len(models):
+        raise ValueError(f"the teacher plan was compiled for {len(plan.predictions)} model(s), "
+                         f"calibrate got {len(models)}")
+
+
+def _rows(schedule, grid, solver, base, runner: Runner, walk: LTCWalk, teacher_plan, x_full, x_ltc, w,
+          ltc_plan, objective, state) -> list[dict]:
+    """The report rows on one noise set (see :mod:`ltc.calibration_report`)."""
+    N, nfe = grid.steps, ltc_plan.nfe
+    T = runner.run_plan(teacher_plan)
+    name = solver.config()["name"]
+    rows = [row(f"full {N} steps ({name})", "full", N, x_full, T, x_full)]
+    candidates = [(solver, name)]
+    if solver.config() != DPMSolverPP(2).config():
+        candidates.append((DPMSolverPP(2), "dpmpp_2m"))
+    try:
+        own = schedule.discretize(nfe)
+    except ValueError:  # e.g. an explicit schedule has one step count
+        own = None
+    sub = evaluated_grid(grid, ltc_plan.models)
+    for smp, label in candidates:
+        if own is not None:
+            rows.append(row(f"{label}, {nfe} steps (own grid)", "plain", nfe, runner.endpoint(own, smp, base), T,
+                            x_full, {"sampler": label, "grid": "own", "steps": nfe}))
+        points = [i for i, m in enumerate(ltc_plan.models) if m >= 0] + [N]
+        rows.append(row(f"{label} on the LTC grid ({nfe} points)", "plain", nfe, runner.endpoint(sub, smp, base), T,
+                        x_full, {"sampler": label, "grid": "ltc", "steps": nfe, "points": points}))
+    ones = torch.ones(walk.K, dtype=walk.ct, device=walk.device)
+    rows.append(row(f"LTC calibrated ({objective}, state {state})", "ltc", nfe, x_ltc, T, x_full,
+                    {"weights": [float(v) for v in w]}))
+    rows.append(row("LTC w = 1", "ltc_w1", nfe, walk.run(runner.noise, ones).x, T, x_full))
+    return rows

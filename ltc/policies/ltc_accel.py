@@ -1,0 +1,314 @@
+"""LTC-Accel (arXiv 2503.09675): replace model calls by extrapolating the last transition.
+
+Local transition coherence: along a deterministic trajectory the transitions Delta_i = x_{i+1} - x_i
+of neighbouring steps point in nearly the same direction, so inside an interval of the trajectory
+every ``every``-th step is *extrapolated* (no model call):
+
+    x_{i+1} = x_i + w_i gamma_i (x_i - x_{i-1}),   gamma_i = (phi_{i+1} - phi_i) / (phi_i - phi_{i-1})
+
+with phi the schedule's progress variable (:meth:`ltc.Grid.progress`: sigma, t or lambda);
+gamma_i makes the step exact for a trajectory linear in phi, and w_i is a calibrated per-step weight
+(:func:`ltc.calibrate`; 1 without calibration).  The public reference code uses the ratio shifted
+by one index, (phi_i - phi_{i-1}) / (phi_{i-1} - phi_{i-2}); we use the aligned ratio above and the
+calibrated w_i absorbs the difference.
+
+Every extrapolation here is affine in its weight, so a step's coefficients (the plan's extrapolated
+step, :mod:`ltc.plan`: x_{i+1} = EX x_i + EXP x_{i-1} + EH1 D_{i-1} + EH2 D_{i-2}) are
+``R0_i + w_i R1_i`` (:meth:`LTC.rows`).  With c = w gamma, the extrapolated quantity (``state``) is
+
+* ``"x"``       the state:  EX = 1 + c, EXP = -c.
+* ``"x/alpha"`` the scaled state u = x / alpha (VP; x / (1 - sigma) on flow grids): u_{i+1} = u_i +
+  c (u_i - u_{i-1}), i.e. EX = alpha_{i+1} (1 + c) / alpha_i, EXP = -c alpha_{i+1} / alpha_{i-1}.
+* ``"x0"``      the model output D (clean estimate): D_i ~ D_{i-1} + c' (D_{i-1} - D_{i-2}) with the
+  gamma of points i-2, i-1, i, then the first-order step x_{i+1} = A x_i + B0 D_i
+  (:meth:`ltc.samplers.Sampler.first_order`): EX = A, EH1 = B0 (1 + c'), EH2 = -B0 c'.  This is a
+  two-step multistep update (close to DPM-Solver++(2M) without a model call).  Extrapolating eps
+  instead would need x_{i-2}, which the plan's two state buffers do not keep.
+
+History for multistep solvers: after an extrapolated step the solver's next steps read D_i.  The
+plan stores the clean estimate *implied* by the step, obtained by inverting the deterministic
+first-order update x_{i+1} = A x_i + B0 D_i:
+
+    D_i = IN x_{i+1} + IC x_i,   IN = 1 / B0,  IC = -A / B0
+
+so the history is the x0 that a DDIM step would need to go from x_i to x_{i+1} (for the ``"x0"``
+state it is exactly the extrapolated D_i).  ``bench/ltc_evidence.py`` compares it with the
+alternatives (restarting the multistep solver at first order after a skip, reusing D_{i-1}).
+
+Which steps: ``interval = (start, end)`` (fractions of the N steps, or step indices; default
+(0.25, 1.0): from N/4 to the end) and ``every``: inside ``start <= i < end`` the steps with
+``(i - start) % every == every - 1`` are extrapolated (every second step by default; with 40 steps
+15 extrapolations, 25 model calls).  Fractions map to ``floor(f N)``.  Or ``skip``: an explicit
+list of step indices (no two consecutive).  The previous step of an extrapolated step is always
+a model step, and step 0 is never extrapolated (there is no previous transition).
+
+Samplers with fresh noise per step (DDIM eta > 0) are refused: their transitions contain the
+injected noise, so there is no coherent direction to extrapolate.
+
+Composition: ``LTC(..., base=TStitch(...))`` or ``TStitch(...) | LTC(...)``: the base policy picks
+the model of every model step; LTC replaces its skipped steps by extrapolations.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..plan import EXTRAPOLATE, EXTRAPOLATION_COLS, Decision, fingerprint_of
+from .base import Full, Policy
+
+STATES = ("x", "x/alpha", "x0")
+PROGRESS = ("sigma", "t", "lambda")
+CALIBRATION_FORMAT = 1
+
+
+def calibration_key(grid, sampler_config: dict, steps, progress: str, state: str, base_config) -> str:
+    """Fingerprint of what LTC weights are valid for: the exact grid, the sampler, the extrapolated
+    steps, the progress variable, the state and the base policy."""
+    return fingerprint_of("ltc-calibration", CALIBRATION_FORMAT, grid.digest(), sampler_config,
+                          [int(i) for i in steps], progress, state, base_config)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _check_interval(interval) -> tuple:
+    if not (isinstance(interval, (tuple, list)) and len(interval) == 2):
+        raise TypeError(f"interval must be a pair (start, end) of fractions in [0, 1] or step indices, "
+                        f"got {interval!r}")
+    out = []
+    for name, v in zip(("start", "end"), interval):
+        if v is None and name == "end":
+            out.append(None)
+        elif _is_int(v):
+            if v < 0:
+                raise ValueError(f"interval {name} must be a step index >= 0, got {v}")
+            out.append(int(v))
+        elif _is_number(v):
+            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+                raise ValueError(f"interval {name} as a fraction must be in [0, 1], got {v!r}")
+            out.append(float(v))
+        else:
+            raise TypeError(f"interval {name} must be an int step index or a float fraction, got {v!r}")
+    return tuple(out)
+
+
+class LTC(Policy):
+    """Extrapolate every ``every``-th step inside ``interval`` (see the module docstring).
+
+    Args:
+        interval: ``(start, end)``; floats are fractions of the N steps, ints are step indices,
+            ``end=None`` means N.  Default ``(0.25, 1.0)``.
+        every: cadence >= 2 inside the interval.
+        skip: explicit extrapolated step indices instead of interval/every.
+        progress: ``"sigma"`` (default), ``"t"`` or ``"lambda"`` -- phi of gamma.
+        state: ``"x"`` (default), ``"x/alpha"`` or ``"x0"``.
+        weights: ``None`` (w = 1), one number, one number per extrapolated step, or an
+            :class:`ltc.Calibration` (checked against the grid and sampler when compiled).
+        base: the policy choosing the model of each model step (default :class:`Full`).
+    """
+
+    def __init__(self, interval=(0.25, 1.0), every: int = 2, *, skip=None, progress: str = "sigma",
+                 state: str = "x", weights=None, base: Policy | None = None):
+        self.interval = _check_interval(interval)
+        if not _is_int(every):
+            raise TypeError(f"every must be an int >= 2, got {every!r}")
+        if every < 2:
+            raise ValueError(f"every must be >= 2 (a model step between two extrapolations), got {every}")
+        self.every = int(every)
+        self.skip = None if skip is None else self._check_skip(skip)
+        if progress not in PROGRESS:
+            raise ValueError(f"progress must be one of {PROGRESS}, got {progress!r}")
+        if state not in STATES:
+            raise ValueError(f"state must be one of {STATES}, got {state!r}")
+        self.progress, self.state = progress, state
+        if base is not None and not isinstance(base, Policy):
+            raise TypeError(f"base must be an ltc.policies.Policy, got {type(base).__name__}")
+        if isinstance(base, LTC):
+            raise ValueError("base must not itself be an LTC policy")
+        self.base = base
+        self.calibration = None
+        self.weights = self._check_weights(weights)
+
+    # -- construction helpers -----------------------------------------------------------------
+    @staticmethod
+    def _check_skip(skip) -> tuple:
+        if isinstance(skip, (str, bytes)) or not isinstance(skip, (Sequence, np.ndarray)):
+            raise TypeError(f"skip must be a sequence of step indices, got {type(skip).__name__}")
+        steps = []
+        for v in skip:
+            if not _is_int(v):
+                raise TypeError(f"skip must hold int step indices, got {v!r}")
+            steps.append(int(v))
+        if not steps:
+            raise ValueError("skip is empty: give at least one step to extrapolate")
+        if sorted(set(steps)) != steps:
+            raise ValueError(f"skip must be strictly increasing, got {steps}")
+        if steps[0] <= 0:
+            raise ValueError("skip contains step 0: the first step cannot be extrapolated "
+                             "(there is no previous transition)")
+        if any(b - a < 2 for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"skip must not hold two consecutive steps (a model step must come between "
+                             f"two extrapolations), got {steps}")
+        return tuple(steps)
+
+    def _check_weights(self, weights):
+        if weights is None:
+            return None
+        from ..calibration import Calibration  # lazy: calibration imports this module
+        if isinstance(weights, Calibration):
+            self.calibration = weights
+            return tuple(float(w) for w in weights.weights)
+        if _is_number(weights):
+            if not math.isfinite(weights):
+                raise ValueError(f"weights must be finite, got {weights!r}")
+            return float(weights)
+        try:
+            arr = np.asarray(weights, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"weights must be None, a number, a sequence of numbers or an ltc.Calibration, "
+                            f"got {type(weights).__name__}") from None
+        if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+            raise ValueError(f"weights must be a 1-D sequence of finite numbers, got shape {arr.shape}")
+        return tuple(float(w) for w in arr)
+
+    def with_base(self, base: Policy) -> "LTC":
+        """The same LTC on top of ``base`` (used by ``base | ltc``)."""
+        return self.replace(base=base)
+
+    def replace(self, **changes) -> "LTC":
+        """A copy with some constructor arguments changed."""
+        args = dict(interval=self.interval, every=self.every, skip=self.skip, progress=self.progress,
+                    state=self.state, weights=self.calibration or self._weights_arg(), base=self.base)
+        args.update(changes)
+        return LTC(**args)
+
+    def _weights_arg(self):
+        return self.weights if not isinstance(self.weights, tuple) else list(self.weights)
+
+    def structure(self) -> dict:
+        """Everything but the weights: what a calibration is valid for."""
+        return {"interval": list(self.interval), "every": self.every,
+                "skip": None if self.skip is None else list(self.skip), "progress": self.progress,
+                "state": self.state, "base": None if self.base is None else self.base.config()}
+
+    def config(self) -> dict:
+        w = self.weights if not isinstance(self.weights, tuple) else [float(v).hex() for v in self.weights]
+        return {"policy": "ltc", **self.structure(), "weights": w}
+
+    # -- the plan --------------------------------------------------------------------------------
+    def extrapolated_steps(self, steps: int) -> list[int]:
+        """Indices of the extrapolated steps of an ``steps``-step grid."""
+        N = steps
+        if self.skip is not None:
+            if self.skip[-1] >= N:
+                raise ValueError(f"skip contains step {self.skip[-1]}, outside the {N} steps 0..{N - 1}")
+            return list(self.skip)
+        start, end = self.interval
+        start = start if isinstance(start, int) else int(math.floor(start * N + 1e-9))
+        end = N if end is None else end if isinstance(end, int) else int(math.floor(end * N + 1e-9))
+        if end > N:
+            raise ValueError(f"interval end {end} lies outside the {N}-step trajectory (steps 0..{N - 1}, "
+                             f"end <= {N})")
+        if start >= end:
+            raise ValueError(f"interval {self.interval} gives steps [{start}, {end}) of {N}: start must be "
+                             "below end")
+        found = [i for i in range(start, end) if (i - start) % self.every == self.every - 1]
+        if not found:
+            raise ValueError(f"interval {self.interval} gives steps [{start}, {end}) of {N}, too short for one "
+                             f"extrapolation with every={self.every} (needs at least {self.every} steps)")
+        return found
+
+    def gammas(self, grid, steps: list[int]) -> np.ndarray:
+        """gamma of each extrapolated step (for state ``"x0"`` the ratio one point earlier)."""
+        phi = grid.progress(self.progress)
+        lag = 1 if self.state == "x0" else 0
+        out = []
+        for i in steps:
+            j = i - lag
+            if j - 1 < 0:
+                raise ValueError(f"state 'x0' extrapolates the model outputs of steps {i - 2} and {i - 1}; "
+                                 f"step {i} is too early (extrapolate from step 2 on)")
+            a, b, c = phi[j - 1], phi[j], phi[j + 1]
+            if not np.all(np.isfinite([a, b, c])):
+                raise ValueError(f"progress {self.progress!r} is not finite at points {j - 1}..{j + 1} "
+                                 f"({a}, {b}, {c}) needed by extrapolated step {i}; use progress='sigma' "
+                                 "(lambda is infinite where sigma = 0 or alpha = 0)")
+            if b == a:
+                raise ValueError(f"progress {self.progress!r} does not change between points {j - 1} and {j}: "
+                                 f"gamma of step {i} is undefined")
+            out.append((c - b) / (b - a))
+        return np.asarray(out, dtype=np.float64)
+
+    def rows(self, grid, sampler, steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(R0, R1)``, each ``[K, 6]`` in the order of EXTRAPOLATION_COLS: the coefficients of
+        extrapolated step k are ``R0[k] + w_k R1[k]``."""
+        g = self.gammas(grid, steps)
+        A, B0 = sampler.first_order(grid)
+        a = grid.alpha
+        R0 = np.zeros((len(steps), len(EXTRAPOLATION_COLS)))
+        R1 = np.zeros_like(R0)
+        for k, i in enumerate(steps):
+            R0[k, 4], R0[k, 5] = 1.0 / B0[i], -A[i] / B0[i]
+            if self.state == "x":
+                R0[k, 0] = 1.0
+                R1[k, 0], R1[k, 1] = g[k], -g[k]
+            elif self.state == "x/alpha":
+                if a[i - 1] <= 0:
+                    raise ValueError(f"state 'x/alpha' divides by alpha at point {i - 1}, which is 0 (a flow grid "
+                                     f"starts at alpha = 0); step {i} cannot extrapolate x/alpha")
+                R0[k, 0] = a[i + 1] / a[i]
+                R1[k, 0], R1[k, 1] = g[k] * a[i + 1] / a[i], -g[k] * a[i + 1] / a[i - 1]
+            else:
+                R0[k, 0], R0[k, 2] = A[i], B0[i]
+                R1[k, 2], R1[k, 3] = B0[i] * g[k], -B0[i] * g[k]
+        return R0, R1
+
+    def weight_vector(self, K: int) -> np.ndarray:
+        if self.weights is None:
+            return np.ones(K)
+        if isinstance(self.weights, float):
+            return np.full(K, self.weights)
+        if len(self.weights) != K:
+            raise ValueError(f"LTC has {len(self.weights)} weights but the plan extrapolates {K} steps")
+        return np.asarray(self.weights)
+
+    def base_decision(self, grid, sampler, n_models: int) -> Decision:
+        base = (self.base or Full()).decide(grid, sampler, n_models)
+        if np.any(np.asarray(base.models) == EXTRAPOLATE):
+            raise ValueError(f"base policy {self.base!r} already extrapolates steps; LTC needs a base that "
+                             "calls a model at every step")
+        return base
+
+    def calibration_key(self, grid, sampler) -> str:
+        """What a calibration of this policy on (grid, sampler) is valid for (:func:`calibration_key`)."""
+        return calibration_key(grid, sampler.config(), self.extrapolated_steps(grid.steps), self.progress,
+                               self.state, None if self.base is None else self.base.config())
+
+    def decide(self, grid, sampler, n_models: int) -> Decision:
+        if getattr(sampler, "stochastic", False):
+            raise ValueError(f"LTC needs a deterministic sampler; {sampler!r} adds fresh noise every step, so "
+                             "consecutive transitions are not coherent (use eta=0)")
+        steps = self.extrapolated_steps(grid.steps)
+        if self.calibration is not None:
+            self.calibration.check(grid, sampler, self)
+        base = self.base_decision(grid, sampler, n_models)
+        R0, R1 = self.rows(grid, sampler, steps)
+        w = self.weight_vector(len(steps))
+        models = np.array(base.models, dtype=np.int64)
+        extrap = np.array(base.extrapolation, dtype=np.float64)
+        models[steps] = EXTRAPOLATE
+        extrap[steps] = R0 + w[:, None] * R1
+        return Decision(models, extrap)
+
+    @classmethod
+    def auto(cls, model_fns, schedule, **kwargs):
+        """Choose interval and cadence for a requested NFE or speed-up (see :func:`ltc.ltc_auto.auto`)."""
+        from ..ltc_auto import auto
+        return auto(model_fns, schedule, **kwargs)
