@@ -1,0 +1,263 @@
+// Torch binding of the fused step kernels (launch API in ltc_ops.h).  Checks every tensor before
+// any work (device, dtype, contiguity, shape, aliasing; ValueError / TypeError in Python naming the
+// argument), launches on the current stream and checks the launch.  Registered with the dispatcher
+// as torch.ops.ltc_cuda.{model_step, extrapolate_step, transition_dots}; ltc/ops_cuda.py wraps
+// them into the signatures of ltc/ops_reference.py (the specification).
+#include <Python.h>
+
+#include <cstdint>
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "ltc_ops.h"
+
+namespace {
+
+using at::Tensor;
+
+ltc_cuda::DType storage_dtype(const Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return ltc_cuda::DType::kFloat32;
+    case at::kHalf: return ltc_cuda::DType::kFloat16;
+    case at::kBFloat16: return ltc_cuda::DType::kBFloat16;
+    case at::kDouble: return ltc_cuda::DType::kFloat64;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false, name, " must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
+}
+
+at::ScalarType compute_dtype(const Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// x itself: the device, dtype and shape every other tensor is checked against.
+void check_x(const Tensor& x, const char* name) {
+  TORCH_CHECK_VALUE(x.is_cuda(), name, " must be a CUDA tensor, got one on ", x.device());
+  TORCH_CHECK_VALUE(x.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK_VALUE(x.dim() >= 1, name, " must be [B, *S] with at least one dim, got a 0-d tensor");
+  storage_dtype(x, name);
+}
+
+void check_on_device_of_x(const Tensor& t, const char* name, const Tensor& x) {
+  TORCH_CHECK_VALUE(t.is_cuda() && t.device() == x.device(), name, " must be on ", x.device(),
+                    " (the device of x), got ", t.device());
+  TORCH_CHECK_VALUE(t.is_contiguous(), name, " must be contiguous");
+}
+
+void check_dtype_of_x(const Tensor& t, const char* name, const Tensor& x) {
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), name, " has dtype ", t.scalar_type(),
+                   " but x has dtype ", x.scalar_type(), " (all state tensors share one storage dtype)");
+}
+
+// A tensor of x's device, dtype and shape.
+void check_like_x(const Tensor& t, const char* name, const Tensor& x) {
+  check_on_device_of_x(t, name, x);
+  check_dtype_of_x(t, name, x);
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), name, " has shape ", t.sizes(), " but x has shape ", x.sizes());
+}
+
+// hist: [H, *x.shape], H >= 1.
+void check_hist(const Tensor& hist, const Tensor& x) {
+  check_on_device_of_x(hist, "hist", x);
+  check_dtype_of_x(hist, "hist", x);
+  TORCH_CHECK_VALUE(hist.dim() == x.dim() + 1 && hist.size(0) >= 1 && hist.sizes().slice(1) == x.sizes(),
+                    "hist must be [H, *x.shape] = [H, ", x.sizes(), "] with H >= 1, got shape ", hist.sizes());
+}
+
+// coefs: the plan's [N, NCOLS] table in the compute dtype.
+ltc_cuda::CoefTable check_coefs(const Tensor& coefs, const Tensor& x) {
+  check_on_device_of_x(coefs, "coefs", x);
+  TORCH_CHECK_TYPE(coefs.scalar_type() == compute_dtype(x), "coefs must have dtype ", compute_dtype(x),
+                   " (the compute dtype of x's ", x.scalar_type(), "), got ", coefs.scalar_type());
+  TORCH_CHECK_VALUE(coefs.dim() == 2 && coefs.size(0) >= 1 && coefs.size(1) >= ltc_cuda::kNumCols,
+                    "coefs must be the plan's [N, NCOLS] table with N >= 1 and NCOLS >= ",
+                    static_cast<int>(ltc_cuda::kNumCols), ", got shape ", coefs.sizes());
+  return {coefs.data_ptr(), coefs.size(0), coefs.stride(0)};
+}
+
+// step: a 0-d int32/int64 tensor on x's device (read in-kernel), else the host index step_host.
+ltc_cuda::StepIndex check_step(const std::optional<Tensor>& step_tensor, int64_t step_host,
+                               const ltc_cuda::CoefTable& coefs, const Tensor& x) {
+  if (!step_tensor.has_value()) {
+    TORCH_CHECK_VALUE(step_host >= 0 && step_host < coefs.rows, "step must be in [0, ", coefs.rows,
+                      ") (rows of coefs), got ", step_host);
+    return {nullptr, false, step_host};
+  }
+  const Tensor& s = *step_tensor;
+  TORCH_CHECK_VALUE(s.dim() == 0, "step must be a Python int or a 0-d tensor, got shape ", s.sizes());
+  TORCH_CHECK_TYPE(s.scalar_type() == at::kLong || s.scalar_type() == at::kInt,
+                   "step tensor must be int64 or int32, got ", s.scalar_type());
+  TORCH_CHECK_VALUE(s.is_cuda() && s.device() == x.device(), "step tensor must be on ", x.device(),
+                    " (the device of x), got ", s.device());
+  return {s.data_ptr(), s.scalar_type() == at::kInt, 0};
+}
+
+void check_reads(int64_t reads) {
+  TORCH_CHECK_VALUE(reads >= 0 && reads <= 2, "reads must be 0, 1 or 2, got ", reads);
+}
+
+bool overlap(const Tensor& a, const Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data_ptr());
+  const auto b0 = reinterpret_cast<uintptr_t>(b.data_ptr());
+  const auto a1 = a0 + static_cast<uintptr_t>(a.nbytes());
+  const auto b1 = b0 + static_cast<uintptr_t>(b.nbytes());
+  return a0 < b1 && b0 < a1;
+}
+
+// A written tensor may share memory with an input only by being the very same tensor, and only
+// where the op allows it (each element is read before it is written, by the same thread).
+void check_written(const Tensor& w, const char* w_name, const Tensor& r, const char* r_name, bool may_be_same) {
+  if (!overlap(w, r)) return;
+  const bool same = w.data_ptr() == r.data_ptr() && w.nbytes() == r.nbytes();
+  TORCH_CHECK_VALUE(may_be_same && same, w_name, " overlaps ", r_name,
+                    may_be_same ? " without being the very same tensor" : "; they must be separate memory");
+}
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "ltc_cuda::", op, " failed to launch: ", cudaGetErrorString(err));
+}
+
+void model_step(const Tensor& x, const Tensor& model_out, const Tensor& hist, const Tensor& coefs,
+                const std::optional<Tensor>& step_tensor, int64_t step, const Tensor& out, int64_t reads,
+                bool cfg, const std::optional<Tensor>& noise) {
+  check_x(x, "x");
+  check_on_device_of_x(model_out, "model_out", x);
+  check_dtype_of_x(model_out, "model_out", x);
+  if (cfg) {
+    TORCH_CHECK_VALUE(model_out.dim() == x.dim() && model_out.size(0) == 2 * x.size(0) &&
+                          model_out.sizes().slice(1) == x.sizes().slice(1),
+                      "with cfg, model_out must be [2B, *S] (unconditional half first) for x of shape ",
+                      x.sizes(), ", got ", model_out.sizes());
+  } else {
+    TORCH_CHECK_VALUE(model_out.sizes() == x.sizes(), "model_out has shape ", model_out.sizes(),
+                      " but x has shape ", x.sizes(), " (without cfg they must match)");
+  }
+  check_hist(hist, x);
+  const ltc_cuda::CoefTable table = check_coefs(coefs, x);
+  const ltc_cuda::StepIndex index = check_step(step_tensor, step, table, x);
+  check_like_x(out, "out", x);
+  if (noise.has_value()) check_like_x(*noise, "noise", x);
+  check_reads(reads);
+  check_written(out, "out", x, "x", true);
+  check_written(out, "out", model_out, "model_out", false);
+  check_written(out, "out", hist, "hist", false);
+  check_written(hist, "hist", x, "x", false);
+  check_written(hist, "hist", model_out, "model_out", false);
+  if (noise.has_value()) {
+    check_written(out, "out", *noise, "noise", false);
+    check_written(hist, "hist", *noise, "noise", false);
+  }
+  if (step_tensor.has_value()) {
+    check_written(out, "out", *step_tensor, "step", false);
+    check_written(hist, "hist", *step_tensor, "step", false);
+  }
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  ltc_cuda::ModelStepArgs args{};
+  args.dtype = storage_dtype(x, "x");
+  args.x = x.data_ptr();
+  args.model_out = model_out.data_ptr();
+  args.noise = noise.has_value() ? noise->data_ptr() : nullptr;
+  args.hist = hist.data_ptr();
+  args.out = out.data_ptr();
+  args.coefs = table;
+  args.step = index;
+  args.numel = x.numel();
+  args.slots = hist.size(0);
+  args.reads = static_cast<int>(reads);
+  args.cfg = cfg;
+  check_launch(ltc_cuda::launch_model_step(args, c10::cuda::getCurrentCUDAStream(x.get_device()).stream()),
+               "model_step");
+}
+
+void extrapolate_step(const Tensor& x, const Tensor& x_prev, const Tensor& hist, const Tensor& coefs,
+                      const std::optional<Tensor>& step_tensor, int64_t step, const Tensor& out, int64_t reads) {
+  check_x(x, "x");
+  check_like_x(x_prev, "x_prev", x);
+  check_hist(hist, x);
+  const ltc_cuda::CoefTable table = check_coefs(coefs, x);
+  const ltc_cuda::StepIndex index = check_step(step_tensor, step, table, x);
+  check_like_x(out, "out", x);
+  check_reads(reads);
+  check_written(out, "out", x, "x", true);
+  check_written(out, "out", x_prev, "x_prev", true);
+  check_written(out, "out", hist, "hist", false);
+  check_written(hist, "hist", x, "x", false);
+  check_written(hist, "hist", x_prev, "x_prev", false);
+  if (step_tensor.has_value()) {
+    check_written(out, "out", *step_tensor, "step", false);
+    check_written(hist, "hist", *step_tensor, "step", false);
+  }
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  ltc_cuda::ExtrapolateStepArgs args{};
+  args.dtype = storage_dtype(x, "x");
+  args.x = x.data_ptr();
+  args.x_prev = x_prev.data_ptr();
+  args.hist = hist.data_ptr();
+  args.out = out.data_ptr();
+  args.coefs = table;
+  args.step = index;
+  args.numel = x.numel();
+  args.slots = hist.size(0);
+  args.reads = static_cast<int>(reads);
+  check_launch(ltc_cuda::launch_extrapolate_step(args, c10::cuda::getCurrentCUDAStream(x.get_device()).stream()),
+               "extrapolate_step");
+}
+
+Tensor transition_dots(const Tensor& x, const Tensor& x_prev, const Tensor& x_target) {
+  check_x(x, "x");
+  check_like_x(x_prev, "x_prev", x);
+  check_like_x(x_target, "x_target", x);
+
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t batch = x.size(0);
+  const int64_t row_len = batch == 0 ? 0 : x.numel() / batch;
+  const auto options = x.options().dtype(compute_dtype(x));
+  Tensor out = at::empty({batch, 2}, options);
+  const int64_t chunks = ltc_cuda::transition_dots_chunks(row_len);
+  Tensor partials = chunks > 1 ? at::empty({batch, chunks, 2}, options) : Tensor();
+
+  ltc_cuda::TransitionDotsArgs args{};
+  args.dtype = storage_dtype(x, "x");
+  args.x = x.data_ptr();
+  args.x_prev = x_prev.data_ptr();
+  args.x_target = x_target.data_ptr();
+  args.out = out.data_ptr();
+  args.partials = partials.defined() ? partials.data_ptr() : nullptr;
+  args.batch = batch;
+  args.row_len = row_len;
+  check_launch(ltc_cuda::launch_transition_dots(args, c10::cuda::getCurrentCUDAStream(x.get_device()).stream()),
+               "transition_dots");
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(ltc_cuda, m) {
+  m.def("model_step(Tensor x, Tensor model_out, Tensor(a!) hist, Tensor coefs, Tensor? step_tensor, "
+        "int step, Tensor(b!) out, int reads, bool cfg, Tensor? noise) -> ()");
+  m.def("extrapolate_step(Tensor x, Tensor x_prev, Tensor(a!) hist, Tensor coefs, Tensor? step_tensor, "
+        "int step, Tensor(b!) out, int reads) -> ()");
+  m.def("transition_dots(Tensor x, Tensor x_prev, Tensor x_target) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ltc_cuda, CUDA, m) {
+  m.impl("model_step", &model_step);
+  m.impl("extrapolate_step", &extrapolate_step);
+  m.impl("transition_dots", &transition_dots);
+}
+
+// `import ltc._C` runs the registrations above; the module itself is empty.
+PyMODINIT_FUNC PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C",
+                               "CUDA kernels of ltc's step operations (registered as torch.ops.ltc_cuda)",
+                               -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,237 @@
+// The two fused step kernels (equations in ltc_ops.h and ltc/plan.py):
+//
+//   model step:        m = m_u + G (m_c - m_u) (cfg);  D_i = PX x + PM m
+//                      out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
+//   extrapolated step: out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};  hist[i % H] = IN out + IC x
+//
+// Elementwise over numel elements, grid-stride, 16-byte vectors when every segment a vector touches
+// is 16-byte aligned (then a scalar tail).  Each thread loads all inputs of its elements before it
+// stores, so `out` may be `x` (or `x_prev`) itself and the written history slot may be a read one.
+#include "common.cuh"
+
+namespace ltc_cuda {
+namespace {
+
+template <typename C> __device__ __forceinline__ C quiet_nan();
+template <> __device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
+template <> __device__ __forceinline__ double quiet_nan<double>() {
+  return __longlong_as_double(0x7ff8000000000000LL);
+}
+
+// out = NaN: the defined result of a device step index outside the table.
+template <typename T>
+__device__ void poison(T* out, int64_t n) {
+  const T poisoned = Storage<T>::store(quiet_nan<compute_t<T>>());
+  for (int64_t i = global_thread(); i < n; i += grid_threads()) out[i] = poisoned;
+}
+
+// op.apply<N>(i) on elements [i, i + N) for all of [0, n): 16-byte vectors first when VEC, then
+// the scalar tail.
+template <typename T, bool VEC, typename Op>
+__device__ __forceinline__ void for_each_element(const Op& op, int64_t n) {
+  constexpr int N = VEC ? kVec<T> : 1;
+  const int64_t nvec = n / N;
+  for (int64_t v = global_thread(); v < nvec; v += grid_threads()) op.template apply<N>(v * N);
+  if constexpr (VEC) {
+    for (int64_t i = nvec * N + global_thread(); i < n; i += grid_threads()) op.template apply<1>(i);
+  }
+}
+
+template <typename T>
+struct ModelStepOp {
+  using C = compute_t<T>;
+  const T *x, *m_u, *m_c, *z, *h1, *h2;
+  T *h_out, *out;
+  C px, pm, a, b0, b1, b2, cz, g;
+  int reads;
+  bool cfg;
+
+  __device__ ModelStepOp(const ModelStepArgs& args, int64_t step) {
+    const int64_t n = args.numel;
+    const C* row = static_cast<const C*>(args.coefs.data) + step * args.coefs.row_stride;
+    px = row[PX]; pm = row[PM]; a = row[A]; b0 = row[B0];
+    b1 = row[B1]; b2 = row[B2]; cz = row[NOISE]; g = row[GUIDANCE];
+    x = static_cast<const T*>(args.x);
+    m_u = static_cast<const T*>(args.model_out);
+    m_c = m_u + n;  // read only with cfg
+    z = static_cast<const T*>(args.noise);
+    T* hist = static_cast<T*>(args.hist);
+    h1 = hist + history_slot(step, 1, args.slots) * n;
+    h2 = hist + history_slot(step, 2, args.slots) * n;
+    h_out = hist + history_slot(step, 0, args.slots) * n;
+    out = static_cast<T*>(args.out);
+    reads = args.reads;
+    cfg = args.cfg;
+  }
+
+  template <int N>
+  __device__ __forceinline__ void apply(int64_t i) const {
+    C xv[N], m[N], d[N], nx[N];
+    load<T, N>(x + i, xv);
+    load<T, N>(m_u + i, m);
+    if (cfg) {
+      C mc[N];
+      load<T, N>(m_c + i, mc);
+#pragma unroll
+      for (int k = 0; k < N; ++k) m[k] = m[k] + g * (mc[k] - m[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      d[k] = px * xv[k] + pm * m[k];
+      nx[k] = a * xv[k] + b0 * d[k];
+    }
+    if (reads >= 1) {
+      C h[N];
+      load<T, N>(h1 + i, h);
+#pragma unroll
+      for (int k = 0; k < N; ++k) nx[k] = nx[k] + b1 * h[k];
+    }
+    if (reads >= 2) {
+      C h[N];
+      load<T, N>(h2 + i, h);
+#pragma unroll
+      for (int k = 0; k < N; ++k) nx[k] = nx[k] + b2 * h[k];
+    }
+    if (z != nullptr) {
+      C zv[N];
+      load<T, N>(z + i, zv);
+#pragma unroll
+      for (int k = 0; k < N; ++k) nx[k] = nx[k] + cz * zv[k];
+    }
+    store<T, N>(h_out + i, d);
+    store<T, N>(out + i, nx);
+  }
+};
+
+template <typename T>
+struct ExtrapolateStepOp {
+  using C = compute_t<T>;
+  const T *x, *x_prev, *h1, *h2;
+  T *h_out, *out;
+  C cx, cxp, ch1, ch2, cin, cic;
+  int reads;
+
+  __device__ ExtrapolateStepOp(const ExtrapolateStepArgs& args, int64_t step) {
+    const int64_t n = args.numel;
+    const C* row = static_cast<const C*>(args.coefs.data) + step * args.coefs.row_stride;
+    cx = row[EX]; cxp = row[EXP]; ch1 = row[EH1]; ch2 = row[EH2]; cin = row[IN]; cic = row[IC];
+    x = static_cast<const T*>(args.x);
+    x_prev = static_cast<const T*>(args.x_prev);
+    T* hist = static_cast<T*>(args.hist);
+    h1 = hist + history_slot(step, 1, args.slots) * n;
+    h2 = hist + history_slot(step, 2, args.slots) * n;
+    h_out = hist + history_slot(step, 0, args.slots) * n;
+    out = static_cast<T*>(args.out);
+    reads = args.reads;
+  }
+
+  template <int N>
+  __device__ __forceinline__ void apply(int64_t i) const {
+    C xv[N], xp[N], nx[N], d[N];
+    load<T, N>(x + i, xv);
+    load<T, N>(x_prev + i, xp);
+#pragma unroll
+    for (int k = 0; k < N; ++k) nx[k] = cx * xv[k] + cxp * xp[k];
+    if (reads >= 1) {
+      C h[N];
+      load<T, N>(h1 + i, h);
+#pragma unroll
+      for (int k = 0; k < N; ++k) nx[k] = nx[k] + ch1 * h[k];
+    }
+    if (reads >= 2) {
+      C h[N];
+      load<T, N>(h2 + i, h);
+#pragma unroll
+      for (int k = 0; k < N; ++k) nx[k] = nx[k] + ch2 * h[k];
+    }
+#pragma unroll
+    for (int k = 0; k < N; ++k) d[k] = cin * nx[k] + cic * xv[k];
+    store<T, N>(h_out + i, d);
+    store<T, N>(out + i, nx);
+  }
+};
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(kThreads) model_step_kernel(ModelStepArgs args) {
+  int64_t step;
+  if (!read_step(args.step, args.coefs.rows, step)) {
+    poison(static_cast<T*>(args.out), args.numel);
+    return;
+  }
+  const ModelStepOp<T> op(args, step);
+  for_each_element<T, VEC>(op, args.numel);
+}
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(kThreads) extrapolate_step_kernel(ExtrapolateStepArgs args) {
+  int64_t step;
+  if (!read_step(args.step, args.coefs.rows, step)) {
+    poison(static_cast<T*>(args.out), args.numel);
+    return;
+  }
+  const ExtrapolateStepOp<T> op(args, step);
+  for_each_element<T, VEC>(op, args.numel);
+}
+
+// 16-byte vectors are safe when every segment start is aligned: the base pointers, and, when a
+// tensor holds several segments (cfg halves of model_out, history slots), the segment size too.
+template <typename T>
+bool segments_aligned(int64_t numel, bool several_segments) {
+  return !several_segments || (static_cast<uint64_t>(numel) * sizeof(T)) % 16 == 0;
+}
+
+template <typename T>
+int64_t threads_needed(int64_t numel, bool vec) {
+  return vec ? numel / kVec<T> + numel % kVec<T> : numel;
+}
+
+template <typename T>
+struct ModelStepLauncher {
+  static cudaError_t run(const ModelStepArgs& a, cudaStream_t stream) {
+    if (a.numel == 0) return cudaSuccess;
+    const bool vec = aligned16(a.x) && aligned16(a.model_out) && aligned16(a.hist) && aligned16(a.out) &&
+                     (a.noise == nullptr || aligned16(a.noise)) &&
+                     segments_aligned<T>(a.numel, a.cfg || a.slots > 1);
+    int blocks = 0;
+    const cudaError_t err = grid_blocks(threads_needed<T>(a.numel, vec), blocks);
+    if (err != cudaSuccess) return err;
+    if (vec) {
+      model_step_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a);
+    } else {
+      model_step_kernel<T, false><<<blocks, kThreads, 0, stream>>>(a);
+    }
+    return cudaGetLastError();
+  }
+};
+
+template <typename T>
+struct ExtrapolateStepLauncher {
+  static cudaError_t run(const ExtrapolateStepArgs& a, cudaStream_t stream) {
+    if (a.numel == 0) return cudaSuccess;
+    const bool vec = aligned16(a.x) && aligned16(a.x_prev) && aligned16(a.hist) && aligned16(a.out) &&
+                     segments_aligned<T>(a.numel, a.slots > 1);
+    int blocks = 0;
+    const cudaError_t err = grid_blocks(threads_needed<T>(a.numel, vec), blocks);
+    if (err != cudaSuccess) return err;
+    if (vec) {
+      extrapolate_step_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a);
+    } else {
+      extrapolate_step_kernel<T, false><<<blocks, kThreads, 0, stream>>>(a);
+    }
+    return cudaGetLastError();
+  }
+};
+
+}  // namespace
+
+cudaError_t launch_model_step(const ModelStepArgs& args, cudaStream_t stream) {
+  if (args.reads < 0 || args.reads > 2 || args.slots < 1 || args.numel < 0) return cudaErrorInvalidValue;
+  return dispatch_dtype<ModelStepLauncher>(args, stream);
+}
+
+cudaError_t launch_extrapolate_step(const ExtrapolateStepArgs& args, cudaStream_t stream) {
+  if (args.reads < 0 || args.reads > 2 || args.slots < 1 || args.numel < 0) return cudaErrorInvalidValue;
+  return dispatch_dtype<ExtrapolateStepLauncher>(args, stream);
+}
+
+}  // namespace ltc_cuda
