@@ -104,8 +104,9 @@ def run_eager(plan: Plan, models: list[Model], noise: torch.Tensor, *, ops, mode
                 first_bad = torch.where(bad, torch.full_like(first_bad, i), first_bad)
             advance(plan, i, x, out, hist, coefs, ops, pred, generator)
         if callback is not None:
-            callback({"step": i, "x": out, "t": plan.grid.t[i], "sigma": plan.grid.sigma[i],
-                      "sigma_next": plan.grid.sigma[i + 1], "denoised": hist[i % HISTORY_SLOTS],
+            # copies: the buffers are reused two steps later, a callback may keep what it gets
+            callback({"step": i, "x": out.clone(), "t": plan.grid.t[i], "sigma": plan.grid.sigma[i],
+                      "sigma_next": plan.grid.sigma[i + 1], "denoised": hist[i % HISTORY_SLOTS].clone(),
                       "model": None if k == EXTRAPOLATE else models[k].name})
     if first_bad is not None:
         bad_step = int(first_bad)  # the one device->host copy, after the loop
