@@ -3,7 +3,7 @@
 An LTC plan is the base plan (every step a model step, :class:`ltc.plan.Plan` of the base policy)
 with the skipped steps k = 1..K replaced by extrapolations whose six coefficients are affine in the
 weight, ``R0_k + w_k R1_k`` (:meth:`ltc.policies.LTC.rows`).  :class:`LTCWalk` walks it with the
-step operations of :mod:`ltc.ops` and the weights as a device tensor ``[K]``, so one compiled
+step operations of :mod:`ltc.ops` (model steps through :func:`ltc.executor.advance`) and the weights as a device tensor ``[K]``, so one compiled
 base plan serves every weight vector (and no weight is copied to the host inside the loop).
 
 Fit mode (the calibration pass of the seed).  At extrapolated step i, with
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .executor import NonFiniteError, compute_dtype
+from .executor import NonFiniteError, advance, compute_dtype
 from .models import check_output
 from .plan import EXTRAPOLATION_COLS, NCOLS, Plan
 
@@ -128,9 +128,7 @@ class LTCWalk:
         for i in range(s, self.plan.steps):
             k = self.index.get(i)
             if k is None:
-                pred = self._call(i, x)
-                self.ops.model_step(x, pred, hist, self.coefs, i, xp, reads=self.plan.history_reads[i],
-                                    cfg=self.plan.cfg)
+                advance(self.plan, i, x, xp, hist, self.coefs, self.ops, self._call(i, x))
             else:
                 if keep_checkpoints:
                     result.checkpoints[k] = Checkpoint(i, x.clone(), xp.clone(), hist.clone())
@@ -153,8 +151,7 @@ class LTCWalk:
         ops = self.ops
         ops.extrapolate_step(x, xp, hist, self.T0, i, base, reads=self.reads[k])
         ops.extrapolate_step(x, xp, hist, self.T1, i, dirn, reads=self.reads[k])
-        pred = self._call(i, x)
-        ops.model_step(x, pred, hist, self.coefs, i, star, reads=self.plan.history_reads[i], cfg=self.plan.cfg)
+        advance(self.plan, i, x, star, hist, self.coefs, ops, self._call(i, x))   # the true next state x*
         dots = ops.transition_dots(base, base - dirn, star)            # [B, 2]: <dir, r>, <dir, dir>
         num, den = dots.to(self.ct).sum(0)
         w = torch.where(den > 0, num / den.clamp_min(torch.finfo(self.ct).tiny), torch.ones_like(num))

@@ -27,7 +27,7 @@ from .ltc_walk import LTCWalk
 
 def fit_trajectory(walk: LTCWalk, noise: torch.Tensor, teacher: torch.Tensor, w0: np.ndarray, *,
                    ridge: float = 1e-2, max_iter: int = 3, fd_step: float | None = None,
-                   min_decrease: float = 1e-4, damping: float = 1e-3, max_tries: int = 4) -> tuple:
+                   min_decrease: float = 1e-4, damping: float = 1e-2, max_tries: int = 6) -> tuple:
     """Returns ``(w [K], endpoint x_end(w), info)`` with ``info``: iterations, loss history, model calls."""
     device, ct = walk.device, walk.ct
     h = fd_step if fd_step is not None else (1e-4 if ct == torch.float64 else 1e-2)

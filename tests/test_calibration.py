@@ -1,0 +1,276 @@
+"""LTC calibration: the closed-form fit, the objectives against exact endpoints, the refusal rule,
+the calibration file (round trip and every kind of bad file), cost accounting and LTC.auto."""
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import ltc
+from ltc.oracles import GaussianMixture, exact_endpoint
+from ltc.plan import compile_plan
+from ltc.policies import LTC, Full
+from ltc.samplers import DDIM, get_sampler
+
+VP = ltc.Schedule.vp("scaled_linear", spacing="trailing")
+FLOW3 = ltc.Schedule.flow(3.0)
+DIM, N = 16, 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: one thread is faster, and the CI machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def noises(seed, batch):
+    return torch.randn(batch, DIM, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+CAL, HELD = noises(0, 32), noises(1, 64)
+
+
+def quiet_calibrate(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ltc.calibrate(*args, verbose=False, **kwargs)
+
+
+def per_sample(x, ref):
+    return ((x - ref) ** 2).mean(1).sqrt()
+
+
+def held_out_error(model, schedule, sampler, policy, exact, steps=N):
+    x = ltc.sample(model, schedule, policy, sampler=sampler, steps=steps, noise=HELD, progress=False)
+    return float(((x - exact) ** 2).mean().sqrt())
+
+
+@pytest.fixture(scope="module")
+def vp_case():
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    exact = exact_endpoint(gm, HELD, VP.discretize(N), steps=400)
+    step = quiet_calibrate(gm, VP, LTC(), sampler="ddim", steps=N, noise=CAL, held_out=HELD)
+    return gm, exact, step
+
+
+@pytest.fixture(scope="module")
+def flow_case():
+    gm = GaussianMixture.random(FLOW3, dim=DIM, seed=0)
+    exact = exact_endpoint(gm, HELD, FLOW3.discretize(N), steps=400)
+    step = quiet_calibrate(gm, FLOW3, LTC(), sampler="euler", steps=N, noise=CAL, report=False)
+    traj = quiet_calibrate(gm, FLOW3, LTC(), sampler="euler", steps=N, noise=CAL, objective="trajectory",
+                           report=False)
+    return gm, exact, step, traj
+
+
+# -- the one-step fit ------------------------------------------------------------------------
+def test_closed_form_weight_equals_the_brute_force_minimiser(vp_case):
+    gm, _, cal = vp_case
+    states = []
+    ltc.sample(gm, VP, Full(), sampler="ddim", steps=N, noise=CAL, progress=False,
+               callback=lambda d: states.append(d["x"].clone()))
+    xs = [CAL] + states                      # the path before the first skip is the plain path
+    i, s = int(cal.steps[0]), VP.discretize(N).sigma
+    gamma = (s[i + 1] - s[i]) / (s[i] - s[i - 1])
+    d = gamma * (xs[i] - xs[i - 1])
+    grid_w = np.linspace(0.0, 2.0, 20001)
+    losses = [float(((xs[i] + w * d - xs[i + 1]) ** 2).sum()) for w in grid_w[::100]]
+    coarse = grid_w[::100][int(np.argmin(losses))]
+    fine = grid_w[(grid_w > coarse - 0.01) & (grid_w < coarse + 0.01)]
+    best = fine[int(np.argmin([float(((xs[i] + w * d - xs[i + 1]) ** 2).sum()) for w in fine]))]
+    assert abs(cal.weights[0] - best) <= 1e-4
+    assert cal.gamma[0] == pytest.approx(gamma)
+
+
+def test_weights_are_one_and_the_fit_exact_for_a_trajectory_linear_in_sigma():
+    c = torch.linspace(-1, 1, DIM, dtype=torch.float64)
+    const = ltc.Model(lambda x, t: c.expand_as(x).clone(), "x0", "constant")
+    cal = quiet_calibrate(const, FLOW3, LTC(), sampler="euler", steps=N, noise=CAL, report=False)
+    np.testing.assert_allclose(cal.weights, 1.0, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(cal.w_std, 0.0, atol=1e-6)
+    assert np.all(cal.residual < 1e-20)
+    np.testing.assert_allclose(cal.coherence, 1.0, atol=1e-12)
+
+
+def test_weights_are_clamped_to_the_range():
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    cal = quiet_calibrate(gm, VP, LTC(), sampler="ddim", steps=N, noise=CAL, clamp=(0.95, 0.97), report=False)
+    assert np.all((cal.weights >= 0.95) & (cal.weights <= 0.97)) and np.any(cal.weights == 0.95)
+
+
+def test_diagnostics_have_one_entry_per_skip_and_a_coherence_curve(vp_case):
+    cal = vp_case[2]
+    K = len(cal.steps)
+    assert cal.steps.tolist() == [6, 8, 10, 12, 14, 16, 18]
+    for name in ("weights", "weights_step", "gamma", "residual", "w_mean", "w_std"):
+        assert getattr(cal, name).shape == (K,), name
+    assert cal.coherence.shape == (N - 1,) and np.all(np.abs(cal.coherence) <= 1 + 1e-12)
+    assert np.all(cal.w_std > 0) and np.all(cal.residual < 0.1)
+
+
+# -- objectives against exact endpoints --------------------------------------------------------
+def test_step_objective_beats_the_plain_sampler_at_the_same_nfe_on_vp_ddim(vp_case):
+    gm, exact, cal = vp_case
+    assert cal.nfe == 13
+    ltc_error = held_out_error(gm, VP, "ddim", cal.policy(), exact)
+    plain_error = held_out_error(gm, VP, "ddim", Full(), exact, steps=cal.nfe)
+    assert ltc_error < 0.85 * plain_error
+
+
+def test_trajectory_objective_beats_the_step_objective_on_flow_shift_3_euler(flow_case):
+    gm, exact, step, traj = flow_case
+    assert traj.fit["objective"] == "trajectory" and traj.fit["accepted_steps"] >= 1
+    assert traj.fit["loss"][-1] < traj.fit["loss"][0]
+    step_error = held_out_error(gm, FLOW3, "euler", step.policy(), exact)
+    traj_error = held_out_error(gm, FLOW3, "euler", traj.policy(), exact)
+    assert traj_error < 0.9 * step_error
+    np.testing.assert_array_equal(traj.weights_step, step.weights)
+
+
+def test_trajectory_cost_counts_every_model_call():
+    gm = GaussianMixture.random(FLOW3, dim=DIM, seed=0)
+    calls = []
+    model = ltc.Model(lambda x, t: calls.append(1) or gm(x, t), "x0", "counted")
+    cal = quiet_calibrate(model, FLOW3, LTC(), sampler="euler", steps=12, noise=CAL[:8], objective="trajectory",
+                          teacher="full", max_iter=1, report=False)
+    assert cal.cost["full_run"] == 12 and cal.cost["fit_walk"] == 12   # NFE 9 + 3 skips
+    assert cal.cost["total"] == len(calls)
+
+
+def test_a_teacher_plan_must_share_the_first_and_last_points():
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    other = compile_plan(ltc.Schedule.vp("scaled_linear").discretize(40), get_sampler("dpmpp_2m"), Full(), ["x0"])
+    with pytest.raises(ValueError, match="teacher plan must start and end"):
+        ltc.calibrate(gm, VP, LTC(), sampler="ddim", steps=N, noise=CAL, objective="trajectory", teacher=other)
+    with pytest.raises(ValueError, match="teacher must be one of"):
+        ltc.calibrate(gm, VP, LTC(), sampler="ddim", steps=N, noise=CAL, teacher="heun")
+
+
+# -- report and refusal rule -------------------------------------------------------------------
+def test_refusal_rule_rejects_ltc_that_loses_to_the_best_plain_sampler(vp_case):
+    gm, exact, cal = vp_case
+    rows = cal.report["sets"]["calibration"]
+    best = min((r for r in rows if r["kind"] == "plain"), key=lambda r: r["median"])
+    ltc_row = next(r for r in rows if r["kind"] == "ltc")
+    assert cal.accepted is False and ltc_row["median"] >= best["median"]
+    assert "LTC REFUSED" in cal.summary() and cal.recommended() == best["spec"]
+    # the recommended plain plan is indeed closer to the exact endpoints on held-out noise (median)
+    spec = cal.recommended()
+    grid = VP.discretize(N)
+    pts = spec["points"]
+    sub = ltc.Schedule.explicit(grid.t[pts], grid.alpha[pts], grid.sigma[pts])
+    plain = ltc.sample(gm, sub, Full(), sampler=spec["sampler"], noise=HELD, progress=False)
+    fast = ltc.sample(gm, VP, cal.policy(), sampler="ddim", steps=N, noise=HELD, progress=False)
+    assert per_sample(plain, exact).median() < per_sample(fast, exact).median()
+
+
+def test_calibrate_says_plainly_when_ltc_is_refused(capsys):
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    with pytest.warns(UserWarning, match="LTC REFUSED"):
+        ltc.calibrate(gm, VP, LTC(), sampler="ddim", steps=N, noise=CAL[:8], clamp=(0.0, 0.0))
+    assert "LTC REFUSED" in capsys.readouterr().out
+
+
+def test_report_rows_cover_the_equal_nfe_comparisons(vp_case):
+    rep = vp_case[2].report
+    names = [r["name"] for r in rep["sets"]["calibration"]]
+    assert names == ["full 20 steps (ddim)", "ddim, 13 steps (own grid)", "ddim on the LTC grid (13 points)",
+                     "dpmpp_2m, 13 steps (own grid)", "dpmpp_2m on the LTC grid (13 points)",
+                     "LTC calibrated (step, state x)", "LTC w = 1"]
+    assert [r["name"] for r in rep["sets"]["held_out"]] == names and rep["teacher"] == "dpmpp_2m 40 steps"
+
+
+# -- the calibration file ----------------------------------------------------------------------
+def test_save_load_round_trip_reproduces_identical_samples(vp_case, tmp_path):
+    gm, _, cal = vp_case
+    path = tmp_path / "cal.safetensors"
+    cal.save(path)
+    loaded = ltc.Calibration.load(path)
+    assert loaded.key == cal.key and loaded.summary() == cal.summary()
+    a = ltc.sample(gm, VP, cal.policy(), sampler="ddim", steps=N, noise=HELD, progress=False)
+    b = ltc.sample(gm, VP, loaded.policy(), sampler="ddim", steps=N, noise=HELD, progress=False)
+    assert torch.equal(a, b)
+
+
+def test_a_calibration_for_another_plan_is_a_clear_error(vp_case, tmp_path):
+    gm, _, cal = vp_case
+    with pytest.raises(ValueError, match="made for another plan: steps 20"):
+        ltc.sample(gm, VP, cal.policy(), sampler="ddim", steps=24, noise=HELD, progress=False)
+    with pytest.raises(ValueError, match="made for another plan: sampler"):
+        ltc.sample(gm, VP, cal.policy(), sampler="dpmpp_2m", steps=N, noise=HELD, progress=False)
+    with pytest.raises(ValueError, match="grid points differ"):
+        ltc.sample(gm, ltc.Schedule.vp("linear", spacing="trailing"), cal.policy(), sampler="ddim", steps=N,
+                   noise=HELD, progress=False)
+    path = tmp_path / "cal.safetensors"
+    cal.save(path)
+    other = compile_plan(VP.discretize(N), DDIM(), LTC(every=3), ["x0"])
+    with pytest.raises(ValueError, match="extrapolated steps"):
+        ltc.Calibration.load(path, plan=other)
+    with pytest.raises(ValueError, match="not LTC"):
+        ltc.Calibration.load(path, plan=compile_plan(VP.discretize(N), DDIM(), Full(), ["x0"]))
+
+
+def _rewrite(src, dst, drop=(), add=None, meta_change=None):
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k not in drop}
+    tensors.update(add or {})
+    meta.update(meta_change or {})
+    save_file(tensors, str(dst), metadata=meta)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"drop": ["gamma"]}, r"missing \['gamma'\], extra \[\]"),
+    ({"add": {"extra_w": torch.zeros(3, dtype=torch.float64)}}, r"missing \[\], extra \['extra_w'\]"),
+    ({"meta_change": {"format": "something-else"}}, "not an ltc calibration file"),
+    ({"meta_change": {"format_version": "99"}}, "format version"),
+    ({"meta_change": {"content_sha256": "0" * 64}}, "corrupted"),
+    ({"meta_change": {"structure": json.dumps({"interval": [0.25, 1.0], "every": 2, "skip": None,
+                                               "progress": "t", "state": "x", "base": None})}},
+     "key does not match"),
+    ({"meta_change": {"report": "{not json"}}, "not valid JSON"),
+])
+def test_bad_calibration_files_are_clear_errors(vp_case, tmp_path, change, match):
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    vp_case[2].save(good)
+    _rewrite(good, bad, **change)
+    with pytest.raises(ValueError, match=match):
+        ltc.Calibration.load(bad)
+
+
+def test_truncated_or_corrupted_files_are_clear_errors(vp_case, tmp_path):
+    path = tmp_path / "cal.safetensors"
+    vp_case[2].save(path)
+    blob = path.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        ltc.Calibration.load(tmp_path / "truncated.safetensors")
+    flipped = bytearray(blob)
+    flipped[-5] ^= 0xFF                      # a byte of the last tensor's data
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="corrupted"):
+        ltc.Calibration.load(tmp_path / "flipped.safetensors")
+    with pytest.raises(FileNotFoundError):
+        ltc.Calibration.load(tmp_path / "missing.safetensors")
+
+
+# -- bad arguments -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"objective": "endpoint"}, ValueError, "objective must be one of"),
+    ({"clamp": (1.0, 0.0)}, ValueError, "clamp must be a pair"),
+    ({"policy": Full()}, TypeError, "policy must be an ltc.policies.LTC"),
+    ({"sampler": DDIM(eta=1.0)}, ValueError, "deterministic sampler"),
+    ({"held_out": torch.zeros(4, DIM + 1, dtype=torch.float64)}, ValueError, "held_out must have"),
+])
+def test_bad_calibrate_arguments_are_clear_errors(kwargs, error, match):
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    args = {"policy": LTC(), "sampler": "ddim", **kwargs}
+    policy = args.pop("policy")
+    with pytest.raises(error, match=match):
+        ltc.calibrate(gm, VP, policy, steps=N, noise=CAL[:4], verbose=False, **args)
