@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from . import ops
-from .executor import CHECK_FINITE, SampleInfo, run_eager
+from . import graphs, ops
+from .executor import CHECK_FINITE, SampleInfo
 from .models import as_models
 from .plan import compile_plan
 from .policies import Full, Policy
@@ -55,7 +55,7 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
            guidance_scale: float | None = None, prediction: str | None = None,
            dtype: torch.dtype | None = None, device=None, progress: bool = True,
            return_info: bool = False, callback=None, backend: str | None = None,
-           check_finite: str = "auto"):
+           check_finite: str = "auto", graph="auto"):
     """Sample by walking a static plan of ``steps`` steps from ``noise`` to the clean end.
 
     Args:
@@ -77,6 +77,10 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
         return_info: also return a :class:`ltc.executor.SampleInfo` (NFE per model, the plan, backend).
         backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: ``"step"``, ``"end"``,
             ``"off"`` or ``"auto"`` (step on CPU, end on CUDA).
+        graph: ``"auto"`` (CUDA: capture the whole walk as a CUDA graph and replay it, per-step
+            graphs when it does not fit, eager with a warning when capture fails; CPU: eager),
+            ``True`` (graphs or an error), ``False`` (eager), ``"whole"`` or ``"step"``.  A
+            callback or ``check_finite="step"`` means eager.  See :mod:`ltc.graphs`.
 
     Returns:
         ``[B, *S]`` samples (and the info when ``return_info``).
@@ -103,13 +107,17 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
     plan = compile_plan(grid, solver, policy, [m.prediction for m in models], guidance_scale)
     x_init = _check_noise(noise, shape, generator, dtype, device)
     backend_name, backend_ops = ops.resolve(backend, x_init.device)
+    graphs.check_option(graph, x_init.device, callback, check_finite)
     check_models = getattr(policy, "check_models", None)  # e.g. TStitch: models agree, before sampling
     if check_models is not None:
         check_models(models, x_init, float(grid.t[0]), model_kwargs, cfg=plan.cfg)
-    x = run_eager(plan, models, x_init, ops=backend_ops, model_kwargs=model_kwargs, generator=generator,
-                  callback=callback, progress=progress, check_finite=check_finite)
+    x, executor, graph_note = graphs.run(plan, models, x_init, graph=graph, ops=backend_ops, ops_name=backend_name,
+                                         model_kwargs=model_kwargs, generator=generator, callback=callback,
+                                         progress=progress, check_finite=check_finite)
     if not return_info:
         return x
     info = SampleInfo(nfe=plan.nfe, nfe_per_model=plan.nfe_per_model(),
-                      model_names=[m.name for m in models], plan=plan, backend=backend_name)
+                      model_names=[m.name for m in models], plan=plan, backend=backend_name, executor=executor)
+    if graph_note:
+        info.extra["graph"] = graph_note
     return x, info
