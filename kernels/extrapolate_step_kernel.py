@@ -1,0 +1,94 @@
+"""Fused extrapolated step (no model call) and the clean estimate it implies, one launch.
+
+With ``i`` the step and the coefficients of row ``i`` of the plan's table:
+
+    out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};      hist[i % H] = IN out + IC x
+
+(``out`` enters the history unrounded, as in the reference.)  Each program owns BLOCK
+consecutive elements, reads x, x_prev and the ``reads`` past D once and writes ``out`` and
+``hist[i % H]`` once.  Every element of ``out`` depends on the same element of ``x_prev``, so
+``out`` may alias ``x_prev`` (the executor's double buffer does).  The specification is
+:func:`ltc.ops_reference.extrapolate_step`; host conventions are in :mod:`ltc.kernels.launch`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ltc.plan import Col
+
+from . import launch
+from .launch import block_offsets, history_slot, step_index
+
+_EX: tl.constexpr = tl.constexpr(int(Col.EX))
+_EXP: tl.constexpr = tl.constexpr(int(Col.EXP))
+_EH1: tl.constexpr = tl.constexpr(int(Col.EH1))
+_EH2: tl.constexpr = tl.constexpr(int(Col.EH2))
+_IN: tl.constexpr = tl.constexpr(int(Col.IN))
+_IC: tl.constexpr = tl.constexpr(int(Col.IC))
+
+
+@triton.jit(do_not_specialize=["step"])
+def _extrapolate_step_kernel(x_ptr, x_prev_ptr, hist_ptr, coefs_ptr, coef_row_stride, coef_col_stride,
+                             step, step_ptr, out_ptr, n, H,
+                             STEP_IN_MEMORY: tl.constexpr, READS: tl.constexpr, BLOCK: tl.constexpr):
+    i = step_index(step, step_ptr, STEP_IN_MEMORY)
+    row = coefs_ptr + i * coef_row_stride
+    c_x = tl.load(row + _EX * coef_col_stride)
+    c_prev = tl.load(row + _EXP * coef_col_stride)
+    c_new = tl.load(row + _IN * coef_col_stride)
+    c_cur = tl.load(row + _IC * coef_col_stride)
+    ct = c_x.dtype
+
+    offs, mask = block_offsets(n, BLOCK)
+    x = tl.load(x_ptr + offs, mask=mask).to(ct)
+    x_prev = tl.load(x_prev_ptr + offs, mask=mask).to(ct)
+    nxt = c_x * x + c_prev * x_prev
+    if READS >= 1:
+        c_h1 = tl.load(row + _EH1 * coef_col_stride)
+        h1 = tl.load(hist_ptr + history_slot(i, 1, H) * n + offs, mask=mask).to(ct)
+        nxt = nxt + c_h1 * h1
+    if READS >= 2:
+        c_h2 = tl.load(row + _EH2 * coef_col_stride)
+        h2 = tl.load(hist_ptr + history_slot(i, 2, H) * n + offs, mask=mask).to(ct)
+        nxt = nxt + c_h2 * h2
+    d = c_new * nxt + c_cur * x
+    tl.store(hist_ptr + history_slot(i, 0, H) * n + offs, d.to(hist_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, nxt.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
+                     step, out: torch.Tensor, *, reads: int) -> None:
+    """One extrapolated step in one kernel launch (see the module docstring and
+    :func:`ltc.ops_reference.extrapolate_step`).  ``x, x_prev, out: [B, *S]``, ``hist: [H, B, *S]``
+    (H > reads), ``coefs: [N, NCOLS]``; writes ``out`` and ``hist[step % H]``."""
+    launch.tensor("x", x)
+    launch.tensor("x_prev", x_prev)
+    launch.tensor("hist", hist)
+    launch.tensor("out", out)
+    launch.coefficients(coefs)
+    if x.dim() < 1:
+        raise ValueError("x must be [B, *S], got a 0-d tensor")
+    launch.shape("x_prev", x_prev, x.shape)
+    launch.shape("out", out, x.shape)
+    if hist.dim() != x.dim() + 1:
+        raise ValueError(f"hist must be [H, *x.shape], got shape {tuple(hist.shape)} for x {tuple(x.shape)}")
+    launch.shape("hist", hist, (hist.shape[0], *x.shape))
+    reads = launch.reads_of(reads, hist.shape[0])
+    step = launch.step_of(step, coefs)
+    launch.same_device(_extrapolate_step_kernel, x=x, x_prev=x_prev, hist=hist, coefs=coefs, out=out,
+                       step=step if isinstance(step, torch.Tensor) else None)
+    launch.writable("out", out)
+    launch.writable("hist", hist)
+    x, x_prev = launch.readable(x), launch.readable(x_prev)
+
+    n = x.numel()
+    if n == 0:
+        return
+    in_memory = isinstance(step, torch.Tensor)
+    block, num_warps = launch.elementwise_config(x.dtype, x_prev.dtype, hist.dtype, out.dtype)
+    _extrapolate_step_kernel[(launch.cdiv(n, block),)](
+        x, x_prev, hist, coefs, coefs.stride(0), coefs.stride(1),
+        0 if in_memory else step, step if in_memory else coefs, out, n, hist.shape[0],
+        STEP_IN_MEMORY=in_memory, READS=reads, BLOCK=block, num_warps=num_warps)

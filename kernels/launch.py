@@ -1,0 +1,161 @@
+"""What every step kernel shares: host-side argument checks and launch sizes, and on the device
+the step index and the history slots.
+
+Conventions of the wrappers in :mod:`ltc.kernels` (they extend :mod:`ltc.ops_reference`, whose
+semantics they implement exactly):
+
+* Storage dtypes fp16, bf16, fp32, fp64 (each tensor may have its own); arithmetic in the dtype
+  of ``coefs`` (float32, or float64 for float64 storage), results rounded once when stored.
+* Read-only inputs that are not contiguous are copied once with ``.contiguous()`` (one extra
+  read and write of that tensor); the outputs ``out`` and ``hist`` are the caller's static
+  buffers and must be contiguous (``ValueError`` otherwise).
+* ``step`` is a Python int in ``[0, N)`` (checked) or a 0-d integer tensor on the device of the
+  data (read inside the kernel, so a captured CUDA graph replays any step; its range is the
+  caller's contract, as for any index read on the device).
+* ``hist`` needs more slots than the step reads (``H > reads``) so that the slot written is
+  never a slot read.
+* CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
+  imported); elsewhere all tensors must be on one CUDA device.
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+
+import torch
+import triton
+import triton.language as tl
+
+from ltc.plan import NCOLS
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COEF_DTYPES = (torch.float32, torch.float64)
+VECTOR_BYTES = 16     # one 128-bit load/store per thread and access
+VECTORS_PER_THREAD = 2
+NUM_WARPS = 4
+
+
+def tensor(name: str, t, dtypes=FLOAT_DTYPES) -> torch.Tensor:
+    """``t`` if it is a tensor of one of ``dtypes``; TypeError naming ``name`` otherwise."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        raise TypeError(f"{name} must have a dtype in {dtypes}, got {t.dtype}")
+    return t
+
+
+def shape(name: str, t: torch.Tensor, expected) -> None:
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(expected)}")
+
+
+def writable(name: str, t: torch.Tensor) -> torch.Tensor:
+    """An output buffer: it is written in place, so it must be contiguous."""
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (it is written in place); got strides {t.stride()} "
+                         f"for shape {tuple(t.shape)}")
+    return t
+
+
+def readable(t: torch.Tensor) -> torch.Tensor:
+    """A read-only input as a contiguous tensor (a copy only when it is not contiguous)."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def coefficients(coefs) -> torch.Tensor:
+    tensor("coefs", coefs, COEF_DTYPES)
+    if coefs.dim() != 2 or coefs.shape[1] != NCOLS or coefs.shape[0] < 1:
+        raise ValueError(f"coefs must be the plan's [N, {NCOLS}] table, got shape {tuple(coefs.shape)}")
+    return coefs
+
+
+def is_int(v) -> bool:
+    """A Python or numpy integer, not a bool (``type is int`` first: the ABC check is slow)."""
+    return type(v) is int or (not isinstance(v, bool) and isinstance(v, numbers.Integral))
+
+
+def reads_of(reads, hist_slots: int) -> int:
+    if not is_int(reads) or reads not in (0, 1, 2):
+        raise ValueError(f"reads must be 0, 1 or 2, got {reads!r}")
+    if hist_slots <= reads:
+        raise ValueError(f"hist has {hist_slots} slot(s) but the step reads {reads} past clean "
+                         f"estimate(s): need at least {reads + 1} slots")
+    return int(reads)
+
+
+def step_of(step, coefs: torch.Tensor) -> int | torch.Tensor:
+    """The checked step: a Python int, or the 0-d integer tensor as given."""
+    if isinstance(step, torch.Tensor):
+        if step.dim() != 0 or step.dtype.is_floating_point or step.dtype.is_complex or step.dtype == torch.bool:
+            raise TypeError(f"step must be an int or a 0-d integer tensor, got a {step.dtype} tensor "
+                            f"of shape {tuple(step.shape)}")
+        if step.device != coefs.device:
+            raise ValueError(f"step is on {step.device} but coefs is on {coefs.device}")
+        return step
+    if not is_int(step):
+        raise TypeError(f"step must be an int or a 0-d integer tensor, got {type(step).__name__}")
+    if not 0 <= step < coefs.shape[0]:
+        raise ValueError(f"step must be in [0, {coefs.shape[0]}) (rows of coefs), got {step}")
+    return int(step)
+
+
+def same_device(kernel, **tensors) -> torch.device:
+    """The one device of all ``tensors`` (None entries are skipped); CPU only under the interpreter."""
+    first_name, device = None, None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if device is None:
+            first_name, device = name, t.device
+        elif t.device != device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {device}: "
+                             "all tensors must be on one device")
+    if device.type == "cpu" and not interpreted(kernel):
+        raise ValueError("the triton backend runs CPU tensors only in Triton's interpreter: set "
+                         "TRITON_INTERPRET=1 before triton is imported, or use CUDA tensors")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the triton backend supports CUDA tensors (or CPU in the interpreter), got {device}")
+    return device
+
+
+def interpreted(kernel) -> bool:
+    """Whether ``kernel`` (a ``@triton.jit`` function) runs in the CPU interpreter."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+@functools.lru_cache(maxsize=None)
+def elementwise_config(*dtypes: torch.dtype) -> tuple[int, int]:
+    """``(BLOCK, num_warps)`` of a memory-bound elementwise kernel: every thread moves
+    VECTORS_PER_THREAD 16-byte vectors of the narrowest stream (fp32: BLOCK = 1024, fp16/bf16: 2048
+    with 4 warps), fixed per dtype so a launch captured in a CUDA graph needs no autotuning."""
+    narrowest = min(d.itemsize for d in dtypes)
+    per_thread = VECTORS_PER_THREAD * VECTOR_BYTES // narrowest
+    return per_thread * 32 * NUM_WARPS, NUM_WARPS
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` on the host (``triton.cdiv`` is a jit function, slower to call)."""
+    return -(-a // b)
+
+
+@triton.jit
+def step_index(step, step_ptr, STEP_IN_MEMORY: tl.constexpr):
+    """The step i as int64: loaded from ``step_ptr`` (graph replay) or the scalar argument."""
+    if STEP_IN_MEMORY:
+        i = tl.load(step_ptr).to(tl.int64)
+    else:
+        i = step.to(tl.int64)
+    return i
+
+
+@triton.jit
+def history_slot(i, back, H):
+    """Slot of D_{i - back} in an H-slot ring (i >= 0, back in 0..2): ``(i - back) mod H``."""
+    return (i + 2 * H - back) % H
+
+
+@triton.jit
+def block_offsets(n, BLOCK: tl.constexpr):
+    """This program's element offsets (int64, so any size is addressable) and their mask."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < n

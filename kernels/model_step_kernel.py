@@ -1,0 +1,126 @@
+"""Fused model step: CFG combine, prediction -> x0, solver update and history write, one launch.
+
+With ``i`` the step, ``n = numel(x)`` and the coefficients of row ``i`` of the plan's table:
+
+    m   = m_u + G (m_c - m_u)        (cfg: model_out = [m_u; m_c], [2B, *S]; else m = model_out)
+    D_i = PX x + PM m
+    out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;      hist[i % H] = D_i
+
+Each program owns BLOCK consecutive elements: it reads x, the model output(s), the ``reads``
+past D and the noise once, and writes ``out`` and ``hist[i % H]`` once.  Every element of
+``out`` depends on the same element of ``x``, so ``out`` may alias ``x``.  The specification is
+:func:`ltc.ops_reference.model_step`; host conventions are in :mod:`ltc.kernels.launch`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ltc.plan import Col
+
+from . import launch
+from .launch import block_offsets, history_slot, step_index
+
+_PX: tl.constexpr = tl.constexpr(int(Col.PX))
+_PM: tl.constexpr = tl.constexpr(int(Col.PM))
+_A: tl.constexpr = tl.constexpr(int(Col.A))
+_B0: tl.constexpr = tl.constexpr(int(Col.B0))
+_B1: tl.constexpr = tl.constexpr(int(Col.B1))
+_B2: tl.constexpr = tl.constexpr(int(Col.B2))
+_NOISE: tl.constexpr = tl.constexpr(int(Col.NOISE))
+_G: tl.constexpr = tl.constexpr(int(Col.GUIDANCE))
+
+
+@triton.jit(do_not_specialize=["step"])
+def _model_step_kernel(x_ptr, m_ptr, hist_ptr, coefs_ptr, coef_row_stride, coef_col_stride,
+                       step, step_ptr, out_ptr, noise_ptr, n, H,
+                       STEP_IN_MEMORY: tl.constexpr, READS: tl.constexpr, CFG: tl.constexpr,
+                       HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
+    i = step_index(step, step_ptr, STEP_IN_MEMORY)
+    row = coefs_ptr + i * coef_row_stride
+    px = tl.load(row + _PX * coef_col_stride)
+    pm = tl.load(row + _PM * coef_col_stride)
+    a = tl.load(row + _A * coef_col_stride)
+    b0 = tl.load(row + _B0 * coef_col_stride)
+    ct = px.dtype
+
+    offs, mask = block_offsets(n, BLOCK)
+    x = tl.load(x_ptr + offs, mask=mask).to(ct)
+    if CFG:
+        g = tl.load(row + _G * coef_col_stride)
+        m_u = tl.load(m_ptr + offs, mask=mask).to(ct)
+        m_c = tl.load(m_ptr + n + offs, mask=mask).to(ct)
+        m = m_u + g * (m_c - m_u)
+    else:
+        m = tl.load(m_ptr + offs, mask=mask).to(ct)
+    d = px * x + pm * m
+    nxt = a * x + b0 * d
+    if READS >= 1:
+        b1 = tl.load(row + _B1 * coef_col_stride)
+        h1 = tl.load(hist_ptr + history_slot(i, 1, H) * n + offs, mask=mask).to(ct)
+        nxt = nxt + b1 * h1
+    if READS >= 2:
+        b2 = tl.load(row + _B2 * coef_col_stride)
+        h2 = tl.load(hist_ptr + history_slot(i, 2, H) * n + offs, mask=mask).to(ct)
+        nxt = nxt + b2 * h2
+    if HAS_NOISE:
+        c = tl.load(row + _NOISE * coef_col_stride)
+        z = tl.load(noise_ptr + offs, mask=mask).to(ct)
+        nxt = nxt + c * z
+    tl.store(hist_ptr + history_slot(i, 0, H) * n + offs, d.to(hist_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + offs, nxt.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
+               step, out: torch.Tensor, *, reads: int, cfg: bool,
+               noise: torch.Tensor | None = None) -> None:
+    """One model step in one kernel launch (see the module docstring and
+    :func:`ltc.ops_reference.model_step`).  ``x, out, noise: [B, *S]``, ``model_out: [B or 2B, *S]``,
+    ``hist: [H, B, *S]`` (H > reads), ``coefs: [N, NCOLS]``; writes ``out`` and ``hist[step % H]``."""
+    launch.tensor("x", x)
+    launch.tensor("model_out", model_out)
+    launch.tensor("hist", hist)
+    launch.tensor("out", out)
+    launch.coefficients(coefs)
+    if not isinstance(cfg, bool):
+        raise TypeError(f"cfg must be a bool, got {type(cfg).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must be [B, *S], got a 0-d tensor")
+    batch = x.shape[0] * (2 if cfg else 1)
+    launch.shape("model_out", model_out, (batch, *x.shape[1:]))
+    launch.shape("out", out, x.shape)
+    if hist.dim() != x.dim() + 1:
+        raise ValueError(f"hist must be [H, *x.shape], got shape {tuple(hist.shape)} for x {tuple(x.shape)}")
+    launch.shape("hist", hist, (hist.shape[0], *x.shape))
+    reads = launch.reads_of(reads, hist.shape[0])
+    if noise is not None:
+        launch.tensor("noise", noise)
+        launch.shape("noise", noise, x.shape)
+    step = launch.step_of(step, coefs)
+    launch.same_device(_model_step_kernel, x=x, model_out=model_out, hist=hist, coefs=coefs, out=out,
+                       noise=noise, step=step if isinstance(step, torch.Tensor) else None)
+    launch.writable("out", out)
+    launch.writable("hist", hist)
+    x, model_out = launch.readable(x), launch.readable(model_out)
+    noise = launch.readable(noise) if noise is not None else None
+
+    dtypes = [t.dtype for t in (x, model_out, hist, out, noise) if t is not None]
+    block, num_warps = launch.elementwise_config(*dtypes)
+    launch_unchecked(x, model_out, hist, coefs, step, out, reads=reads, cfg=cfg, noise=noise,
+                     block=block, num_warps=num_warps)
+
+
+def launch_unchecked(x, model_out, hist, coefs, step, out, *, reads, cfg, noise, block, num_warps) -> None:
+    """The launch alone, for arguments :func:`model_step` has checked (and benchmarks of other
+    ``block`` / ``num_warps``: BLOCK a power of two, a multiple of 32 * num_warps)."""
+    n = x.numel()
+    if n == 0:
+        return
+    in_memory = isinstance(step, torch.Tensor)
+    _model_step_kernel[(launch.cdiv(n, block),)](
+        x, model_out, hist, coefs, coefs.stride(0), coefs.stride(1),
+        0 if in_memory else step, step if in_memory else coefs, out, noise if noise is not None else x,
+        n, hist.shape[0],
+        STEP_IN_MEMORY=in_memory, READS=reads, CFG=cfg, HAS_NOISE=noise is not None,
+        BLOCK=block, num_warps=num_warps)
