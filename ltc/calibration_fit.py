@@ -81,96 +81,179 @@ def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampl
         clamp: bounds of the one-step weights (reference: [0, 10]).
         report: run the comparison rows and the refusal rule; ``verbose``: print the summary.
     """
-    models = as_models(model_fns, prediction)
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be an ltc.Schedule, got {type(schedule).__name__}")
     policy = LTC() if policy is None else policy
     if not isinstance(policy, LTC):
         raise TypeError(f"policy must be an ltc.policies.LTC, got {type(policy).__name__}")
-    solver = get_sampler(sampler)
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-    if not (isinstance(teacher, Plan) or teacher in TEACHERS):
-        raise ValueError(f"teacher must be one of {TEACHERS} or an ltc.Plan, got {teacher!r}")
-    lo_hi = _check_clamp(clamp)
-    if not (isinstance(ridge, (int, float)) and ridge >= 0):
-        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
-    if not (isinstance(max_iter, int) and max_iter >= 0):
-        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
-    if guidance_scale is not None:
-        guidance_scale = float(guidance_scale)
-    grid = schedule.discretize(steps)
-    ltc_plan = compile_plan(grid, solver, policy, [m.prediction for m in models], guidance_scale)
-    if isinstance(teacher, Plan):
-        _check_teacher_plan(teacher, grid, models)
-    x0 = _check_noise(noise, shape, generator, dtype, device)
-    held_out = _check_held_out(held_out, x0)
-    _, backend_ops = ops.resolve(backend, x0.device)
-
-    base = policy.base or Full()
-    runner = Runner(models, x0, ops=backend_ops, model_kwargs=model_kwargs, guidance_scale=guidance_scale)
-    full_plan = runner.compile(grid, solver, base)
-    x_full, coherence = runner.run_plan(full_plan, coherence=True)
-    skip = policy.extrapolated_steps(grid.steps)
-    R0, R1 = policy.rows(grid, solver, skip)
-
-    def make_walk(kwargs):
-        return LTCWalk(full_plan, skip, R0, R1, models, ops=backend_ops, model_kwargs=kwargs,
-                       dtype=x0.dtype, device=x0.device)
-
-    walk = make_walk(model_kwargs)
-    fitted = walk.run(x0, fit=lo_hi)
-    w_step = fitted.weights.double().cpu().numpy()
-    dots = fitted.dots.numpy()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        per_sample = np.where(dots[:, :, 1] > 0, dots[:, :, 0] / dots[:, :, 1], np.nan)
-        residual = fitted.residual.sum(1).numpy() / fitted.transition.sum(1).numpy()
-    cost = {"full_run": full_plan.nfe, "fit_walk": walk.calls}
-
-    teacher_plan = teacher if isinstance(teacher, Plan) else runner.compile(teacher_grid(schedule, grid),
-                                                                            DPMSolverPP(2), base)
-    teacher_name = (f"plan {teacher_plan.sampler!r} {teacher_plan.steps} steps" if isinstance(teacher, Plan)
-                    else f"dpmpp_2m {teacher_plan.steps} steps")
-    fit_info = {"objective": objective, "clamp": list(lo_hi), "teacher": teacher_name if teacher != "full"
-                else f"full {grid.steps} steps of {solver.config()['name']}"}
-    w, x_ltc = w_step, fitted.x
-    if objective == "trajectory":
-        before = runner.calls
-        target = x_full if teacher == "full" else runner.run_plan(teacher_plan)
-        cost["teacher"] = runner.calls - before
-        calls = walk.calls
-        w, x_ltc, info = fit_trajectory(walk, x0, target, w_step, ridge=ridge, max_iter=max_iter, fd_step=fd_step)
-        cost["trajectory_fit"] = walk.calls - calls
-        fit_info.update(info)
-    rep = {}
-    if report:
-        before, walk_calls = runner.calls, walk.calls
-        sets = {"calibration": _rows(schedule, grid, solver, base, runner, walk, teacher_plan, x_full, x_ltc,
-                                     w, ltc_plan, objective, policy.state)}
-        cost["report"] = runner.calls - before + walk.calls - walk_calls
-        if held_out is not None:
-            hrun = Runner(models, held_out, ops=backend_ops, model_kwargs=held_out_kwargs,
-                          guidance_scale=guidance_scale)
-            hwalk = make_walk(held_out_kwargs)
-            x_hfull = hrun.run_plan(runner.compile(grid, solver, base))
-            x_hltc = hwalk.run(held_out, torch.as_tensor(w, dtype=walk.ct, device=walk.device)).x
-            sets["held_out"] = _rows(schedule, grid, solver, base, hrun, hwalk, teacher_plan, x_hfull, x_hltc,
-                                     w, ltc_plan, objective, policy.state)
-            cost["held_out"] = hrun.calls + hwalk.calls
-        rep = {"teacher": teacher_name, "sets": sets, "decision": decide(sets["calibration"]),
-               "decisions": {name: decide(rows) for name, rows in sets.items()}}
-    cost["total"] = sum(v for k, v in cost.items() if k != "held_out")
-    from . import __version__
-    cal = Calibration(weights=np.asarray(w, np.float64), weights_step=w_step, steps=np.asarray(skip, np.int64),
-                      gamma=policy.gammas(grid, skip), residual=residual, w_mean=np.nanmean(per_sample, 1),
-                      w_std=np.nanstd(per_sample, 1), coherence=coherence, grid=grid, sampler=solver.config(),
-                      structure=policy.structure(), key=policy.calibration_key(grid, solver), fit=fit_info,
-                      cost=cost, report=rep, version=__version__)
+    session = Session(model_fns, schedule, sampler=sampler, steps=steps, noise=noise, shape=shape,
+                      generator=generator, held_out=held_out, held_out_kwargs=held_out_kwargs,
+                      model_kwargs=model_kwargs, guidance_scale=guidance_scale, prediction=prediction,
+                      dtype=dtype, device=device, backend=backend)
+    cal = session.calibrate(policy, objective=objective, teacher=teacher, clamp=clamp, ridge=ridge,
+                            max_iter=max_iter, fd_step=fd_step, report=report)
     if verbose:
         print(cal.summary())
-    if rep and not rep["decision"]["accepted"]:
-        warnings.warn(decision_line(rep["decision"]), stacklevel=2)
+    if cal.accepted is False:
+        warnings.warn(decision_line(cal.report["decision"]), stacklevel=2)
     return cal
+
+
+class Session:
+    """The validated inputs of a calibration and its memoised plain runs, shared by several
+    calibrations on the same noises (:func:`ltc.ltc_auto.auto` tries several LTC structures).
+    ``calls`` counts every model call made so far."""
+
+    def __init__(self, model_fns, schedule, *, sampler, steps, noise=None, shape=None, generator=None,
+                 held_out=None, held_out_kwargs=None, model_kwargs=None, guidance_scale=None, prediction=None,
+                 dtype=None, device=None, backend=None):
+        self.models = as_models(model_fns, prediction)
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be an ltc.Schedule, got {type(schedule).__name__}")
+        self.schedule, self.solver = schedule, get_sampler(sampler)
+        if guidance_scale is not None:
+            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                    or not math.isfinite(guidance_scale):
+                raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
+            guidance_scale = float(guidance_scale)
+        self.guidance = guidance_scale
+        self.grid = schedule.discretize(steps)
+        self.x0 = _check_noise(noise, shape, generator, dtype, device)
+        self.held_out = _check_held_out(held_out, self.x0)
+        _, self.ops = ops.resolve(backend, self.x0.device)
+        self.kwargs, self.held_kwargs = model_kwargs, held_out_kwargs
+        self.runners = {"calibration": Runner(self.models, self.x0, ops=self.ops, model_kwargs=model_kwargs,
+                                              guidance_scale=self.guidance)}
+        if self.held_out is not None:
+            self.runners["held_out"] = Runner(self.models, self.held_out, ops=self.ops,
+                                              model_kwargs=held_out_kwargs, guidance_scale=self.guidance)
+        self.walk_calls = 0
+
+    @property
+    def calls(self) -> int:
+        return self.walk_calls + sum(r.calls for r in self.runners.values())
+
+    def compile(self, grid, sampler, policy) -> Plan:
+        return compile_plan(grid, sampler, policy, [m.prediction for m in self.models], self.guidance)
+
+    def walk(self, policy: LTC, full_plan: Plan, which: str = "calibration") -> LTCWalk:
+        skip = policy.extrapolated_steps(self.grid.steps)
+        R0, R1 = policy.rows(self.grid, self.solver, skip)
+        return LTCWalk(full_plan, skip, R0, R1, self.models, ops=self.ops,
+                       model_kwargs=self.kwargs if which == "calibration" else self.held_kwargs,
+                       dtype=self.x0.dtype, device=self.x0.device)
+
+    def teacher_plan(self, base) -> Plan:
+        return self.compile(teacher_grid(self.schedule, self.grid), DPMSolverPP(2), base)
+
+    def calibrate(self, policy: LTC, *, objective="step", teacher="dpmpp_2m", clamp=(0.0, 10.0), ridge=1e-2,
+                  max_iter=3, fd_step=None, report=True) -> Calibration:
+        """One calibration of ``policy`` (see :func:`calibrate`); no printing."""
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not (isinstance(teacher, Plan) or (isinstance(teacher, str) and teacher in TEACHERS)):
+            raise ValueError(f"teacher must be one of {TEACHERS} or an ltc.Plan, got {teacher!r}")
+        lo_hi = _check_clamp(clamp)
+        if isinstance(ridge, bool) or not (isinstance(ridge, (int, float)) and ridge >= 0):
+            raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+        if isinstance(max_iter, bool) or not (isinstance(max_iter, int) and max_iter >= 0):
+            raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+        grid, solver, x0 = self.grid, self.solver, self.x0
+        ltc_plan = self.compile(grid, solver, policy)
+        if isinstance(teacher, Plan):
+            _check_teacher_plan(teacher, grid, self.models)
+        base = policy.base or Full()
+        runner = self.runners["calibration"]
+        start = self.calls
+        full_plan = self.compile(grid, solver, base)
+        x_full, coherence = runner.run_plan(full_plan, coherence=True)
+        cost = {"full_run": self.calls - start}
+        walk = self.walk(policy, full_plan)
+        fitted = walk.run(x0, fit=lo_hi)
+        self.walk_calls += walk.calls
+        cost["fit_walk"] = walk.calls
+        w_step = fitted.weights.double().cpu().numpy()
+        dots = fitted.dots.numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_sample = np.where(dots[:, :, 1] > 0, dots[:, :, 0] / dots[:, :, 1], np.nan)
+            residual = fitted.residual.sum(1).numpy() / fitted.transition.sum(1).numpy()
+
+        teacher_plan = teacher if isinstance(teacher, Plan) else self.teacher_plan(base)
+        teacher_name = (f"plan {teacher_plan.sampler!r} {teacher_plan.steps} steps" if isinstance(teacher, Plan)
+                        else f"dpmpp_2m {teacher_plan.steps} steps")
+        fit_info = {"objective": objective, "clamp": list(lo_hi),
+                    "teacher": f"full {grid.steps} steps of {solver.config()['name']}" if teacher == "full"
+                    else teacher_name}
+        w, x_ltc = w_step, fitted.x
+        if objective == "trajectory":
+            before = self.calls
+            target = x_full if teacher == "full" else runner.run_plan(teacher_plan)
+            cost["teacher"] = self.calls - before
+            calls = walk.calls
+            w, x_ltc, info = fit_trajectory(walk, x0, target, w_step, ridge=ridge, max_iter=max_iter,
+                                            fd_step=fd_step)
+            self.walk_calls += walk.calls - calls
+            cost["trajectory_fit"] = walk.calls - calls
+            fit_info.update(info)
+        rep = {}
+        if report:
+            rep = self._report(policy, ltc_plan, full_plan, teacher_plan, teacher_name, walk, w, x_full, x_ltc,
+                               objective, cost)
+        cost["total"] = sum(v for k, v in cost.items() if k != "held_out")
+        from . import __version__
+        skip = walk.skip
+        return Calibration(weights=np.asarray(w, np.float64), weights_step=w_step, steps=np.asarray(skip, np.int64),
+                           gamma=policy.gammas(grid, skip), residual=residual, w_mean=np.nanmean(per_sample, 1),
+                           w_std=np.nanstd(per_sample, 1), coherence=coherence, grid=grid, sampler=solver.config(),
+                           structure=policy.structure(), key=policy.calibration_key(grid, solver), fit=fit_info,
+                           cost=cost, report=rep, version=__version__)
+
+    def _report(self, policy, ltc_plan, full_plan, teacher_plan, teacher_name, walk, w, x_full, x_ltc, objective,
+                cost) -> dict:
+        before, walk_calls = self.calls, walk.calls
+        base = policy.base or Full()
+        args = (ltc_plan, teacher_plan, w, objective, policy.state, base)
+        sets = {"calibration": self._rows(self.runners["calibration"], walk, x_full, x_ltc, *args)}
+        self.walk_calls += walk.calls - walk_calls
+        cost["report"] = self.calls - before
+        if self.held_out is not None:
+            before = self.calls
+            hrun = self.runners["held_out"]
+            hwalk = self.walk(policy, full_plan, "held_out")
+            x_hfull = hrun.run_plan(full_plan)
+            x_hltc = hwalk.run(self.held_out, torch.as_tensor(w, dtype=hwalk.ct, device=hwalk.device)).x
+            sets["held_out"] = self._rows(hrun, hwalk, x_hfull, x_hltc, *args)
+            self.walk_calls += hwalk.calls
+            cost["held_out"] = self.calls - before
+        return {"teacher": teacher_name, "sets": sets, "decision": decide(sets["calibration"]),
+                "decisions": {name: decide(rows) for name, rows in sets.items()}}
+
+    def _rows(self, runner: Runner, walk: LTCWalk, x_full, x_ltc, ltc_plan, teacher_plan, w, objective, state,
+              base) -> list[dict]:
+        """The report rows on one noise set (see :mod:`ltc.calibration_report`)."""
+        grid, solver = self.grid, self.solver
+        N, nfe = grid.steps, ltc_plan.nfe
+        T = runner.run_plan(teacher_plan)
+        name = solver.config()["name"]
+        rows = [row(f"full {N} steps ({name})", "full", N, x_full, T, x_full)]
+        candidates = [(solver, name)]
+        if solver.config() != DPMSolverPP(2).config():
+            candidates.append((DPMSolverPP(2), "dpmpp_2m"))
+        try:
+            own = self.schedule.discretize(nfe)
+        except ValueError:  # e.g. an explicit schedule has one step count
+            own = None
+        sub = evaluated_grid(grid, ltc_plan.models)
+        points = [i for i, m in enumerate(ltc_plan.models) if m >= 0] + [N]
+        for smp, label in candidates:
+            if own is not None:
+                rows.append(row(f"{label}, {nfe} steps (own grid)", "plain", nfe, runner.endpoint(own, smp, base),
+                                T, x_full, {"sampler": label, "grid": "own", "steps": nfe}))
+            rows.append(row(f"{label} on the LTC grid ({nfe} points)", "plain", nfe, runner.endpoint(sub, smp, base),
+                            T, x_full, {"sampler": label, "grid": "ltc", "steps": nfe, "points": points}))
+        ones = torch.ones(walk.K, dtype=walk.ct, device=walk.device)
+        rows.append(row(f"LTC calibrated ({objective}, state {state})", "ltc", nfe, x_ltc, T, x_full,
+                        {"weights": [float(v) for v in w]}))
+        rows.append(row("LTC w = 1", "ltc_w1", nfe, walk.run(runner.noise, ones).x, T, x_full))
+        return rows
 
 
 def _check_teacher_plan(plan: Plan, grid, models) -> None:
@@ -182,32 +265,3 @@ def _check_teacher_plan(plan: Plan, grid, models) -> None:
     if len(plan.predictions) != len(models):
         raise ValueError(f"the teacher plan was compiled for {len(plan.predictions)} model(s), "
                          f"calibrate got {len(models)}")
-
-
-def _rows(schedule, grid, solver, base, runner: Runner, walk: LTCWalk, teacher_plan, x_full, x_ltc, w,
-          ltc_plan, objective, state) -> list[dict]:
-    """The report rows on one noise set (see :mod:`ltc.calibration_report`)."""
-    N, nfe = grid.steps, ltc_plan.nfe
-    T = runner.run_plan(teacher_plan)
-    name = solver.config()["name"]
-    rows = [row(f"full {N} steps ({name})", "full", N, x_full, T, x_full)]
-    candidates = [(solver, name)]
-    if solver.config() != DPMSolverPP(2).config():
-        candidates.append((DPMSolverPP(2), "dpmpp_2m"))
-    try:
-        own = schedule.discretize(nfe)
-    except ValueError:  # e.g. an explicit schedule has one step count
-        own = None
-    sub = evaluated_grid(grid, ltc_plan.models)
-    for smp, label in candidates:
-        if own is not None:
-            rows.append(row(f"{label}, {nfe} steps (own grid)", "plain", nfe, runner.endpoint(own, smp, base), T,
-                            x_full, {"sampler": label, "grid": "own", "steps": nfe}))
-        points = [i for i, m in enumerate(ltc_plan.models) if m >= 0] + [N]
-        rows.append(row(f"{label} on the LTC grid ({nfe} points)", "plain", nfe, runner.endpoint(sub, smp, base), T,
-                        x_full, {"sampler": label, "grid": "ltc", "steps": nfe, "points": points}))
-    ones = torch.ones(walk.K, dtype=walk.ct, device=walk.device)
-    rows.append(row(f"LTC calibrated ({objective}, state {state})", "ltc", nfe, x_ltc, T, x_full,
-                    {"weights": [float(v) for v in w]}))
-    rows.append(row("LTC w = 1", "ltc_w1", nfe, walk.run(runner.noise, ones).x, T, x_full))
-    return rows

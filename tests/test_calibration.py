@@ -274,3 +274,46 @@ def test_bad_calibrate_arguments_are_clear_errors(kwargs, error, match):
     policy = args.pop("policy")
     with pytest.raises(error, match=match):
         ltc.calibrate(gm, VP, policy, steps=N, noise=CAL[:4], verbose=False, **args)
+
+
+# -- LTC.auto ----------------------------------------------------------------------------------
+def test_auto_candidates_have_exactly_the_requested_skips_and_rank_by_coherence():
+    from ltc.ltc_auto import candidate_structures
+    coherence = np.linspace(0.5, 1.0, N - 1)          # coherence grows along the trajectory
+    ranked = candidate_structures(coherence, N, 5, (2, 3))
+    for score, start, end, every in ranked:
+        skips = LTC(interval=(start, end), every=every).extrapolated_steps(N)
+        assert len(skips) == 5 and score == pytest.approx(np.mean(coherence[np.array(skips) - 1]))
+    assert ranked[0][1:] == (10, 20, 2)                  # the latest interval at the densest cadence
+    assert [r[0] for r in ranked] == sorted((r[0] for r in ranked), reverse=True)
+
+
+def test_auto_returns_a_calibrated_ltc_policy_with_the_requested_nfe(capsys):
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    choice = LTC.auto(gm, VP, steps=N, speedup=20 / 13, sampler="ddim", noise=CAL, candidates=2)
+    assert choice.accepted and isinstance(choice.policy, LTC) and choice.nfe == 13
+    assert "accepted" in capsys.readouterr().out
+    _, info = choice.sample(gm, noise=HELD, progress=False, return_info=True)
+    assert info.nfe == 13 and choice.calibration.accepted and len(choice.candidates) == 2
+
+
+def test_auto_falls_back_to_the_best_plain_plan_when_every_ltc_setting_is_refused(capsys):
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    choice = LTC.auto(gm, VP, steps=N, nfe=14, sampler="ddim", noise=CAL[:8], candidates=2, clamp=(0.0, 0.0))
+    assert not choice.accepted and isinstance(choice.policy, Full)
+    assert "no LTC setting" in capsys.readouterr().out
+    _, info = choice.sample(gm, noise=HELD, progress=False, return_info=True)
+    assert info.nfe == 14
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"nfe": 13, "speedup": 1.5}, "exactly one of nfe"),
+    ({"nfe": 20}, "nfe must be in"),
+    ({"nfe": 5}, "nfe must be in"),
+    ({"speedup": 0.5}, "speedup must be a number > 1"),
+    ({"nfe": 13, "everies": (1,)}, "everies must be ints >= 2"),
+])
+def test_auto_bad_arguments_are_clear_errors(kwargs, match):
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    with pytest.raises(ValueError, match=match):
+        LTC.auto(gm, VP, steps=N, sampler="ddim", noise=CAL[:4], verbose=False, **kwargs)
