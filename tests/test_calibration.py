@@ -311,7 +311,7 @@ def test_auto_falls_back_to_the_best_plain_plan_when_every_ltc_setting_is_refuse
     ({"nfe": 20}, "nfe must be in"),
     ({"nfe": 5}, "nfe must be in"),
     ({"speedup": 0.5}, "speedup must be a number > 1"),
-    ({"nfe": 13, "everies": (1,)}, "everies must be ints >= 2"),
+    ({"nfe": 13, "everies": (1,)}, "everies must be a non-empty sequence of ints >= 2"),
 ])
 def test_auto_bad_arguments_are_clear_errors(kwargs, match):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
