@@ -1,0 +1,309 @@
+"""One classifier-free-guided DPM-Solver++(2M) model step: fused Triton kernel vs the eager torch
+chain (:func:`ltc.ops_reference.model_step`) vs ``torch.compile`` of that same chain.
+
+The step reads x, m_u, m_c and D_{i-1} and writes x_{i+1} and D_i: at least
+
+    bytes = 6 * n * itemsize          (n = latent elements; GB/s = bytes / time)
+
+which is reported as a fraction of the device-to-device copy bandwidth measured in the same run
+(``dst.copy_(src)`` of a large buffer, read + write; also a copy of the same bytes as the step).
+
+Timing (EVALUATION.md): inputs are random normals in several rotated buffer sets; before every
+timed call a 256 MiB buffer is written to flush L2; each call is timed alone (CUDA events, or
+``perf_counter`` on the CPU); the JSON keeps the median and every repeat.  Also recorded: the
+back-to-back wall time per call (host overhead included, what an eager loop sees at small sizes)
+and, on CUDA, the time per step of steps replayed from a CUDA graph (launch overhead removed).
+
+    python bench/step_kernels.py                  # CPU: small sizes, eager reference only
+    python bench/step_kernels.py --device cuda    # 64K..64M elements, fp32 + bf16, all three
+    python bench/step_kernels.py --device cuda --configs 2048x8 4096x8   # + other fused launch sizes
+
+writes ``bench/results/step_kernels_<device>.json`` (``cpu`` or the GPU's name).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _env import machine_info, write_result  # noqa: E402
+
+from ltc import ops_reference  # noqa: E402
+from ltc.plan import Col, compile_plan  # noqa: E402
+from ltc.policies import Full  # noqa: E402
+from ltc.samplers import get_sampler  # noqa: E402
+from ltc.schedule import Schedule  # noqa: E402
+
+GUIDANCE = 7.5
+PLAN_STEPS = 20
+STEP = 10               # a second-order step: reads D_{i-1}
+READS = 1
+STREAMS = 6             # x, m_u, m_c, D_{i-1} in; x_{i+1}, D_i out
+CUDA_SIZES = [1 << k for k in (16, 18, 20, 22, 24, 26)]     # 64K .. 64M
+CPU_SIZES = [1 << 16, 1 << 18]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MIB = 1 << 20
+
+
+def plan_coefficients(device):
+    """The [N, NCOLS] table of a real plan: VP schedule, DPM-Solver++(2M), eps model, CFG."""
+    schedule = Schedule.vp("scaled_linear", spacing="leading", steps_offset=1)
+    plan = compile_plan(schedule.discretize(PLAN_STEPS), get_sampler("dpmpp_2m"), Full(), ["eps"], GUIDANCE)
+    assert plan.history_reads[STEP] == READS and plan.cfg
+    return plan.coefficients(torch.float32, device)
+
+
+class StepBuffers:
+    """One set of step inputs/outputs for a latent of ``n`` elements, shape [1, n]."""
+
+    def __init__(self, n, dtype, device, seed):
+        g = torch.Generator(device=device).manual_seed(seed)
+        self.x = torch.randn((1, n), generator=g, device=device, dtype=dtype)
+        self.m = torch.randn((2, n), generator=g, device=device, dtype=dtype)
+        self.hist = torch.randn((3, 1, n), generator=g, device=device, dtype=dtype)
+        self.out = torch.empty_like(self.x)
+
+    @property
+    def nbytes(self):
+        return sum(t.numel() * t.element_size() for t in (self.x, self.m, self.hist, self.out))
+
+
+def plain_int_columns():
+    """torch.compile (dynamo, torch 2.13) recurses without end on a tuple indexed by an IntEnum,
+    which the reference does (``row = coefs[step].unbind(); row[Col.PX]``).  For this benchmark
+    only, ops_reference sees the same column numbers as plain ints: the compiled chain is the
+    reference's chain, op for op."""
+    ops_reference.Col = SimpleNamespace(**{c.name: int(c) for c in Col})
+
+
+def implementations(coefs, names, configs=()):
+    """name -> fn(buffers): the same step by each implementation.  Call once per (size, dtype):
+    ``torch.compile`` specialises on shapes (``dynamic=False``), and the dynamo cache is reset so
+    that its recompile limit never sends a case back to eager."""
+    torch._dynamo.reset()
+    def call(op):
+        return lambda b: op(b.x, b.m, b.hist, coefs, STEP, b.out, reads=READS, cfg=True)
+
+    impls = {}
+    for name in names:
+        if name == "eager":
+            impls[name] = call(ops_reference.model_step)
+        elif name == "compile":
+            plain_int_columns()
+            impls[name] = call(torch.compile(ops_reference.model_step, dynamic=False, fullgraph=True))
+        elif name == "fused":
+            from ltc import kernels
+            if not kernels.AVAILABLE:
+                raise SystemExit("--impls fused needs triton")
+            impls[name] = call(kernels.model_step)
+        else:
+            raise SystemExit(f"unknown implementation {name!r}: use fused, eager, compile")
+    for config in configs:  # the fused kernel at other launch sizes, e.g. "2048x8"
+        from ltc.kernels.model_step_kernel import launch_unchecked
+        block, warps = (int(v) for v in config.split("x"))
+        impls[f"fused_{block}x{warps}"] = (
+            lambda b, block=block, warps=warps: launch_unchecked(
+                b.x, b.m, b.hist, coefs, STEP, b.out, reads=READS, cfg=True, noise=None, block=block, num_warps=warps))
+    return impls
+
+
+class Timer:
+    """Per-call timing with an L2 flush before every call: CUDA events, or perf_counter on the CPU."""
+
+    def __init__(self, device, flush_bytes):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.flush = torch.empty(flush_bytes, dtype=torch.int8, device=device)
+        self.method = "cuda events" if self.cuda else "time.perf_counter"
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def per_call_us(self, fn, sets, repeats, warmup):
+        for w in range(warmup):
+            fn(sets[w % len(sets)])
+        self.sync()
+        times = []
+        if self.cuda:
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(repeats)]
+            for r, (start, end) in enumerate(events):
+                self.flush.zero_()
+                start.record()
+                fn(sets[r % len(sets)])
+                end.record()
+            self.sync()
+            times = [start.elapsed_time(end) * 1e3 for start, end in events]
+        else:
+            for r in range(repeats):
+                self.flush.zero_()
+                start = time.perf_counter()
+                fn(sets[r % len(sets)])
+                times.append((time.perf_counter() - start) * 1e6)
+        return times
+
+    def back_to_back_us(self, fn, sets, calls):
+        """Wall time per call of ``calls`` calls in a row (no flush): includes host overhead."""
+        self.sync()
+        start = time.perf_counter()
+        for c in range(calls):
+            fn(sets[c % len(sets)])
+        self.sync()
+        return (time.perf_counter() - start) / calls * 1e6
+
+    def graph_us_per_step(self, fn, buffers, steps_per_graph, repeats):
+        """CUDA only: ``steps_per_graph`` calls captured in one graph; replay time / steps (L2 warm)."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fn(buffers)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(steps_per_graph):
+                fn(buffers)
+        graph.replay()
+        self.sync()
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            graph.replay()
+            end.record()
+        self.sync()
+        return statistics.median(s.elapsed_time(e) * 1e3 for s, e in events) / steps_per_graph
+
+
+def copy_bandwidth(timer, nbytes, repeats, warmup):
+    """``dst.copy_(src)`` of ``nbytes`` (read + write = 2 nbytes moved): median us and GB/s."""
+    src = torch.randn(max(1, nbytes // 4), device=timer.device)
+    dst = torch.empty_like(src)
+    times = timer.per_call_us(lambda _: dst.copy_(src), [None], repeats, warmup)
+    median = statistics.median(times)
+    return {"bytes_moved": 2 * src.numel() * 4, "median_us": median,
+            "gbps": 2 * src.numel() * 4 / median / 1e3, "raw_us": times}
+
+
+def rotating_sets(n, dtype, device, working_set_bytes, max_sets):
+    first = StepBuffers(n, dtype, device, seed=0)
+    count = min(max_sets, max(2, math.ceil(working_set_bytes / first.nbytes)))
+    return [first] + [StepBuffers(n, dtype, device, seed=s) for s in range(1, count)]
+
+
+def device_slug(device):
+    if torch.device(device).type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", type=int, nargs="+", help="latent elements (default: 64K..64M on CUDA, 64K, 256K on CPU)")
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument("--impls", nargs="+", help="fused eager compile (default: all on CUDA, eager on CPU)")
+    p.add_argument("--configs", nargs="*", default=[],
+                   help="also time the fused kernel at these BLOCKxnum_warps launch sizes, e.g. 2048x8 4096x8")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 50 CUDA, 20 CPU)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--flush-mib", type=int, default=None, help="L2 flush buffer (default 256 MiB CUDA, 32 MiB CPU)")
+    p.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth buffer (default 1024 MiB CUDA, 64 CPU)")
+    p.add_argument("--out", type=Path, help="result file (default bench/results/step_kernels_<device>.json)")
+    args = p.parse_args()
+
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no CUDA device")
+    sizes = args.sizes or (CUDA_SIZES if cuda else CPU_SIZES)
+    names = args.impls or (["fused", "eager", "compile"] if cuda else ["eager"])
+    repeats = args.repeats or (50 if cuda else 20)
+    flush = (args.flush_mib or (256 if cuda else 32)) * MIB
+    copy_bytes = (args.copy_mib or (1024 if cuda else 64)) * MIB
+    if not cuda:
+        torch.set_num_threads(1)
+
+    timer = Timer(args.device, flush)
+    coefs = plan_coefficients(args.device)
+    peak = copy_bandwidth(timer, copy_bytes, repeats, args.warmup)
+    print(f"copy bandwidth ({copy_bytes // MIB} MiB): {peak['gbps']:.1f} GB/s")
+    rows = []
+    for dtype_name in args.dtypes:
+        dtype = DTYPES[dtype_name]
+        for n in sizes:
+            step_bytes = STREAMS * n * dtype.itemsize
+            sets = rotating_sets(n, dtype, args.device, working_set_bytes=4 * flush, max_sets=8)
+            same = copy_bandwidth(timer, step_bytes // 2, repeats, args.warmup)
+            results, case_rows = {}, []
+            for name, fn in implementations(coefs, names, args.configs).items():
+                row = {"impl": name, "dtype": dtype_name, "numel": n, "shape": [1, n], "cfg": True,
+                       "reads": READS, "bytes_moved": step_bytes, "rotating_sets": len(sets)}
+                try:
+                    times = timer.per_call_us(fn, sets, repeats, args.warmup)
+                except Exception as exc:  # e.g. a torch.compile failure: recorded, the sweep goes on
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                    case_rows.append(row)
+                    print(f"{name:8s} {dtype_name} n={n:>9d}: {row['error']}")
+                    continue
+                median = statistics.median(times)
+                gbps = step_bytes / median / 1e3
+                row.update(median_us=median, gbps=gbps, frac_copy_peak=gbps / peak["gbps"],
+                           copy_same_bytes_gbps=same["gbps"], frac_copy_same_bytes=gbps / same["gbps"],
+                           back_to_back_us=timer.back_to_back_us(fn, sets, 200 if n <= 1 << 20 else 20),
+                           raw_us=times)
+                if cuda and name != "compile":
+                    try:
+                        row["graph_us_per_step"] = timer.graph_us_per_step(fn, sets[0], 20, 20)
+                    except Exception as exc:
+                        row["graph_error"] = f"{type(exc).__name__}: {exc}"[:500]
+                fn(sets[0])
+                results[name] = sets[0].out.float().clone()
+                case_rows.append(row)
+                print(f"{name:8s} {dtype_name} n={n:>9d}: {median:9.1f} us  {gbps:8.1f} GB/s  "
+                      f"{100 * gbps / peak['gbps']:5.1f}% of copy  (b2b {row['back_to_back_us']:.1f} us)")
+            for row in case_rows:  # agreement with the eager chain: a sanity check, not a test
+                if "eager" in results and row["impl"] in results:
+                    row["max_abs_diff_vs_eager"] = float((results[row["impl"]] - results["eager"]).abs().max())
+                for base in ("eager", "compile"):
+                    other = next((r for r in case_rows if r["impl"] == base and "median_us" in r), None)
+                    if other is not None and "median_us" in row:
+                        row[f"speedup_vs_{base}"] = other["median_us"] / row["median_us"]
+            rows += case_rows
+            del sets, results
+            if cuda:
+                torch.cuda.empty_cache()
+
+    slug = device_slug(args.device)
+    label = (f"GPU ({slug}); implementations: {', '.join(names)}" if cuda else
+             f"CPU, reference only (implementations: {', '.join(names)}; eager = the ops_reference chain): "
+             "this run only keeps the benchmark from rotting; CPU timings on a shared machine, not a result")
+    payload = {"benchmark": "step_kernels", "label": label,
+               "step": {"sampler": "dpmpp_2m", "guidance_scale": GUIDANCE, "prediction": "eps",
+                        "plan_steps": PLAN_STEPS, "step": STEP, "reads": READS, "cfg": True,
+                        "bytes_moved": f"{STREAMS} * numel * itemsize (x, m_u, m_c, D_prev in; x_next, D out)"},
+               "timing": {"method": timer.method, "repeats": repeats, "warmup": args.warmup,
+                          "l2_flush_bytes": flush, "median": "of the per-call times in raw_us",
+                          "back_to_back_us": "wall time per call of calls in a row, host overhead included",
+                          "graph_us_per_step": "20 steps captured in one CUDA graph, replay time / 20, L2 warm"},
+               "copy_peak": {k: v for k, v in peak.items()},
+               "rows": rows}
+    if args.out is None:
+        written = write_result(f"step_kernels_{slug}", payload)
+    else:
+        args.out.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2, default=str) + "\n")
+        written = args.out
+    print(f"wrote {written}")
+
+
+if __name__ == "__main__":
+    main()
