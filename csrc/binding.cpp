@@ -66,7 +66,8 @@ void check_hist(const Tensor& hist, const Tensor& x) {
   check_on_device_of_x(hist, "hist", x);
   check_dtype_of_x(hist, "hist", x);
   TORCH_CHECK_VALUE(hist.dim() == x.dim() + 1 && hist.size(0) >= 1 && hist.sizes().slice(1) == x.sizes(),
-                    "hist must be [H, *x.shape] = [H, ", x.sizes(), "] with H >= 1, got shape ", hist.sizes());
+                    "hist must be [H, *x.shape] with H >= 1 and x.shape = ", x.sizes(), ", got shape ",
+                    hist.sizes());
 }
 
 // coefs: the plan's [N, NCOLS] table in the compute dtype.
@@ -97,8 +98,11 @@ ltc_cuda::StepIndex check_step(const std::optional<Tensor>& step_tensor, int64_t
   return {s.data_ptr(), s.scalar_type() == at::kInt, 0};
 }
 
-void check_reads(int64_t reads) {
+// reads past clean estimates; the written slot must not be one of them (H > reads).
+void check_reads(int64_t reads, const Tensor& hist) {
   TORCH_CHECK_VALUE(reads >= 0 && reads <= 2, "reads must be 0, 1 or 2, got ", reads);
+  TORCH_CHECK_VALUE(hist.size(0) > reads, "hist has ", hist.size(0), " slot(s) but the step reads ", reads,
+                    " past clean estimate(s): need at least ", reads + 1, " slots");
 }
 
 bool overlap(const Tensor& a, const Tensor& b) {
@@ -143,7 +147,7 @@ void model_step(const Tensor& x, const Tensor& model_out, const Tensor& hist, co
   const ltc_cuda::StepIndex index = check_step(step_tensor, step, table, x);
   check_like_x(out, "out", x);
   if (noise.has_value()) check_like_x(*noise, "noise", x);
-  check_reads(reads);
+  check_reads(reads, hist);
   check_written(out, "out", x, "x", true);
   check_written(out, "out", model_out, "model_out", false);
   check_written(out, "out", hist, "hist", false);
@@ -184,7 +188,7 @@ void extrapolate_step(const Tensor& x, const Tensor& x_prev, const Tensor& hist,
   const ltc_cuda::CoefTable table = check_coefs(coefs, x);
   const ltc_cuda::StepIndex index = check_step(step_tensor, step, table, x);
   check_like_x(out, "out", x);
-  check_reads(reads);
+  check_reads(reads, hist);
   check_written(out, "out", x, "x", true);
   check_written(out, "out", x_prev, "x_prev", true);
   check_written(out, "out", hist, "hist", false);

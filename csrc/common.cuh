@@ -2,6 +2,7 @@
 // loads/stores, the in-kernel step index and history slot, and the grid size of a grid-stride loop.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include <cuda_bf16.h>
@@ -38,6 +39,15 @@ template <> struct Storage<__nv_bfloat16> {
 };
 
 template <typename T> using compute_t = typename Storage<T>::compute;
+
+// Correctly rounded +, -, * that the compiler never contracts into an FMA, whatever the flags: the
+// step kernels round exactly where the torch reference does, so their results equal it bit for bit.
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ double sub_rn(double a, double b) { return __dsub_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 
 // Elements of T in one 16-byte vector.
 template <typename T> constexpr int kVec = static_cast<int>(16 / sizeof(T));
@@ -99,13 +109,27 @@ __device__ __forceinline__ int64_t grid_threads() {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// Multiprocessors of the current device, cached per device (the query runs once per device, so a
+// launch inside CUDA graph capture makes no device query).
+inline cudaError_t multiprocessors(int& sms) {
+  constexpr int kMaxDevices = 128;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  sms = cache[device].load(std::memory_order_relaxed);
+  if (sms > 0) return cudaSuccess;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) cache[device].store(sms, std::memory_order_relaxed);
+  return err;
+}
+
 // Blocks of a grid-stride loop over `work` items of one thread each: enough to fill every SM
 // (8 resident blocks of kThreads), never more than the work needs.
 inline cudaError_t grid_blocks(int64_t work, int& blocks) {
-  int device = 0, sms = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  int sms = 0;
+  const cudaError_t err = multiprocessors(sms);
   if (err != cudaSuccess) return err;
   const int64_t needed = (work + kThreads - 1) / kThreads;
   const int64_t cap = static_cast<int64_t>(sms) * 8;

@@ -25,7 +25,7 @@ cuda_home="${CUDA_HOME:-$nvcc_top}"
 cuda_include="$cuda_home/include"
 
 for src in "$here"/*.cu; do
-  "$nvcc_bin" -std=c++17 -arch="$arch" -O3 --use_fast_math -lineinfo -Werror all-warnings \
+  "$nvcc_bin" -std=c++17 -arch="$arch" -O3 -lineinfo -Werror all-warnings \
     -Xcompiler -Wall,-Wextra \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
     -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \

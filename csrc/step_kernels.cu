@@ -5,7 +5,9 @@
 //   extrapolated step: out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};  hist[i % H] = IN out + IC x
 //
 // Elementwise over numel elements, grid-stride, 16-byte vectors when every segment a vector touches
-// is 16-byte aligned (then a scalar tail).  Each thread loads all inputs of its elements before it
+// is 16-byte aligned (then a scalar tail).  The arithmetic is the reference's, operation for
+// operation, in the same order, each correctly rounded (no FMA contraction: *_rn), so results equal
+// ltc.ops_reference bit for bit on the same device (denormals included: build without fast math).  Each thread loads all inputs of its elements before it
 // stores, so `out` may be `x` (or `x_prev`) itself and the written history slot may be a read one.
 #include "common.cuh"
 
@@ -73,30 +75,30 @@ struct ModelStepOp {
       C mc[N];
       load<T, N>(m_c + i, mc);
 #pragma unroll
-      for (int k = 0; k < N; ++k) m[k] = m[k] + g * (mc[k] - m[k]);
+      for (int k = 0; k < N; ++k) m[k] = add_rn(m[k], mul_rn(g, sub_rn(mc[k], m[k])));
     }
 #pragma unroll
     for (int k = 0; k < N; ++k) {
-      d[k] = px * xv[k] + pm * m[k];
-      nx[k] = a * xv[k] + b0 * d[k];
+      d[k] = add_rn(mul_rn(px, xv[k]), mul_rn(pm, m[k]));
+      nx[k] = add_rn(mul_rn(a, xv[k]), mul_rn(b0, d[k]));
     }
     if (reads >= 1) {
       C h[N];
       load<T, N>(h1 + i, h);
 #pragma unroll
-      for (int k = 0; k < N; ++k) nx[k] = nx[k] + b1 * h[k];
+      for (int k = 0; k < N; ++k) nx[k] = add_rn(nx[k], mul_rn(b1, h[k]));
     }
     if (reads >= 2) {
       C h[N];
       load<T, N>(h2 + i, h);
 #pragma unroll
-      for (int k = 0; k < N; ++k) nx[k] = nx[k] + b2 * h[k];
+      for (int k = 0; k < N; ++k) nx[k] = add_rn(nx[k], mul_rn(b2, h[k]));
     }
     if (z != nullptr) {
       C zv[N];
       load<T, N>(z + i, zv);
 #pragma unroll
-      for (int k = 0; k < N; ++k) nx[k] = nx[k] + cz * zv[k];
+      for (int k = 0; k < N; ++k) nx[k] = add_rn(nx[k], mul_rn(cz, zv[k]));
     }
     store<T, N>(h_out + i, d);
     store<T, N>(out + i, nx);
@@ -131,21 +133,21 @@ struct ExtrapolateStepOp {
     load<T, N>(x + i, xv);
     load<T, N>(x_prev + i, xp);
 #pragma unroll
-    for (int k = 0; k < N; ++k) nx[k] = cx * xv[k] + cxp * xp[k];
+    for (int k = 0; k < N; ++k) nx[k] = add_rn(mul_rn(cx, xv[k]), mul_rn(cxp, xp[k]));
     if (reads >= 1) {
       C h[N];
       load<T, N>(h1 + i, h);
 #pragma unroll
-      for (int k = 0; k < N; ++k) nx[k] = nx[k] + ch1 * h[k];
+      for (int k = 0; k < N; ++k) nx[k] = add_rn(nx[k], mul_rn(ch1, h[k]));
     }
     if (reads >= 2) {
       C h[N];
       load<T, N>(h2 + i, h);
 #pragma unroll
-      for (int k = 0; k < N; ++k) nx[k] = nx[k] + ch2 * h[k];
+      for (int k = 0; k < N; ++k) nx[k] = add_rn(nx[k], mul_rn(ch2, h[k]));
     }
 #pragma unroll
-    for (int k = 0; k < N; ++k) d[k] = cin * nx[k] + cic * xv[k];
+    for (int k = 0; k < N; ++k) d[k] = add_rn(mul_rn(cin, nx[k]), mul_rn(cic, xv[k]));
     store<T, N>(h_out + i, d);
     store<T, N>(out + i, nx);
   }
