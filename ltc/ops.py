@@ -51,6 +51,7 @@ def resolve(backend: str | None, device) -> tuple[str, ModuleType]:
         is_cuda = getattr(device, "type", str(device)).startswith("cuda")
         name = "triton" if is_cuda and available("triton") else "reference"
     if not available(name):
-        why = _errors.get(name, "not available in this build")
+        why = (_errors.get(name) or getattr(_loaded.get(name), "UNAVAILABLE_REASON", "")
+               or "not available in this build")
         raise ValueError(f"backend {name!r} is not available: {why}")
     return name, _loaded[name]
