@@ -24,7 +24,9 @@ non-finite values per ``check_finite`` (``"step"``: a host check each step, the 
 CUDA default; ``"off"``).  Nothing else copies a value to the host.
 
 Under classifier-free guidance (``guidance_scale``) :meth:`request` returns ``[x; x]`` and the
-caller returns the model output on the doubled batch, unconditional half first.
+caller returns the model output on the doubled batch, unconditional half first.  The stepper never
+sees the models, so checks that need them (T-Stitch's compatibility probe, which
+:func:`ltc.sample` runs) are the caller's: :func:`ltc.policies.check_compatible`.
 """
 from __future__ import annotations
 

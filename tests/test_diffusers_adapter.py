@@ -22,27 +22,27 @@ ROUND_OFF = 1e-5  # relative agreement of float32 samples (observed: 1e-7 .. 4e-
 LINEAR = dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
 
-# (name, scheduler factory, steps, eta): settings where diffusers' and ltc's definitions agree
+DDIM_TRAILING = dict(LINEAR, clip_sample=False, timestep_spacing="trailing")
+
+# (name, scheduler class, config, steps, eta): settings where diffusers' and ltc's definitions agree
 ORACLE_CASES = [
-    ("ddim trailing", lambda: diffusers.DDIMScheduler(**LINEAR, clip_sample=False, timestep_spacing="trailing"), 10, 0.0),
-    ("ddim leading sd", lambda: diffusers.DDIMScheduler(**SD, clip_sample=False, set_alpha_to_one=False,
-                                                        steps_offset=1), 20, 0.0),
-    ("ddim eta=0.5", lambda: diffusers.DDIMScheduler(**LINEAR, clip_sample=False, timestep_spacing="trailing"), 10, 0.5),
-    ("ddim v", lambda: diffusers.DDIMScheduler(**LINEAR, clip_sample=False, timestep_spacing="trailing",
-                                               prediction_type="v_prediction"), 25, 0.0),
-    ("dpmpp_2m", lambda: diffusers.DPMSolverMultistepScheduler(**LINEAR), 10, 0.0),
-    ("dpmpp_2m sigma_min", lambda: diffusers.DPMSolverMultistepScheduler(**LINEAR, final_sigmas_type="sigma_min"), 20, 0.0),
-    ("dpmpp_2m karras", lambda: diffusers.DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True), 20, 0.0),
-    ("dpmpp_2m x0", lambda: diffusers.DPMSolverMultistepScheduler(**LINEAR, prediction_type="sample"), 10, 0.0),
-    ("dpmpp_3m", lambda: diffusers.DPMSolverMultistepScheduler(**LINEAR, solver_order=3), 10, 0.0),
-    ("dpmpp_3m sigma_min", lambda: diffusers.DPMSolverMultistepScheduler(**LINEAR, solver_order=3,
-                                                                         final_sigmas_type="sigma_min"), 20, 0.0),
-    ("dpmpp_2m flow sigmas", lambda: diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=3.0,
-                                                                           prediction_type="flow_prediction"), 12, 0.0),
-    ("flow euler shift 3", lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), 10, 0.0),
-    ("flow euler", lambda: diffusers.FlowMatchEulerDiscreteScheduler(), 28, 0.0),
-    ("euler leading", lambda: diffusers.EulerDiscreteScheduler(**LINEAR, timestep_spacing="leading", steps_offset=1), 15, 0.0),
-    ("euler linspace v", lambda: diffusers.EulerDiscreteScheduler(**LINEAR, prediction_type="v_prediction"), 15, 0.0),
+    ("ddim trailing", "DDIMScheduler", DDIM_TRAILING, 10, 0.0),
+    ("ddim leading sd", "DDIMScheduler", dict(SD, clip_sample=False, set_alpha_to_one=False, steps_offset=1), 20, 0.0),
+    ("ddim eta=0.5", "DDIMScheduler", DDIM_TRAILING, 10, 0.5),
+    ("ddim v", "DDIMScheduler", dict(DDIM_TRAILING, prediction_type="v_prediction"), 25, 0.0),
+    ("dpmpp_2m", "DPMSolverMultistepScheduler", LINEAR, 10, 0.0),
+    ("dpmpp_2m sigma_min", "DPMSolverMultistepScheduler", dict(LINEAR, final_sigmas_type="sigma_min"), 20, 0.0),
+    ("dpmpp_2m karras", "DPMSolverMultistepScheduler", dict(SD, use_karras_sigmas=True), 20, 0.0),
+    ("dpmpp_2m x0", "DPMSolverMultistepScheduler", dict(LINEAR, prediction_type="sample"), 10, 0.0),
+    ("dpmpp_3m", "DPMSolverMultistepScheduler", dict(LINEAR, solver_order=3), 10, 0.0),
+    ("dpmpp_3m sigma_min", "DPMSolverMultistepScheduler", dict(LINEAR, solver_order=3, final_sigmas_type="sigma_min"),
+     20, 0.0),
+    ("dpmpp_2m flow sigmas", "DPMSolverMultistepScheduler",
+     dict(use_flow_sigmas=True, flow_shift=3.0, prediction_type="flow_prediction"), 12, 0.0),
+    ("flow euler shift 3", "FlowMatchEulerDiscreteScheduler", dict(shift=3.0), 10, 0.0),
+    ("flow euler", "FlowMatchEulerDiscreteScheduler", {}, 28, 0.0),
+    ("euler leading", "EulerDiscreteScheduler", dict(LINEAR, timestep_spacing="leading", steps_offset=1), 15, 0.0),
+    ("euler linspace v", "EulerDiscreteScheduler", dict(LINEAR, prediction_type="v_prediction"), 15, 0.0),
 ]
 
 
@@ -107,9 +107,9 @@ def latents(*shape):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name, make, steps, eta", ORACLE_CASES, ids=[c[0] for c in ORACLE_CASES])
-def test_oracle_samples_agree_with_diffusers_loop(name, make, steps, eta):
-    scheduler = make()
+@pytest.mark.parametrize("name, cls, config, steps, eta", ORACLE_CASES, ids=[c[0] for c in ORACLE_CASES])
+def test_oracle_samples_agree_with_diffusers_loop(name, cls, config, steps, eta):
+    scheduler = getattr(diffusers, cls)(**config)
     _, rel = agreement(scheduler, oracle_for(scheduler, steps), latents(4, 16), steps, eta=eta)
     assert rel < ROUND_OFF
 
@@ -378,7 +378,7 @@ def test_model_fn_rejects_non_modules_and_bad_timestep_scale():
 def report():
     """Print the agreement figures (max abs / max rel difference per case)."""
     print(f"{'case':32s} {'ltc sampler':45s} {'max abs':>9s} {'max rel':>9s}")
-    rows = [(n, m(), s, e, None) for n, m, s, e in ORACLE_CASES]
+    rows = [(n, getattr(diffusers, c)(**k), s, e, None) for n, c, k, s, e in ORACLE_CASES]
     rows += [(f"tiny UNet2DModel {n}", m(), s, 0.0, "unet") for n, m, s in UNET_CASES]
     for name, scheduler, steps, eta, kind in rows:
         model = oracle_for(scheduler, steps) if kind is None else \

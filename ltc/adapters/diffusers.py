@@ -55,7 +55,6 @@ import numpy as np
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .. import predictions as P
 from ..models import Model
 from ..samplers import DDIM, DPMSolverPP, Euler, Sampler
 from ..schedule import ExplicitSchedule, Schedule
