@@ -1,11 +1,13 @@
 """Generate many samples across processes (torch.distributed / torchrun): sharded, atomic, resumable.
 
     # gen.py -- run with: torchrun --nproc_per_node 8 gen.py   (or plain python for one process)
-    import ltc, ltc.distributed, ltc.zoo, torch
-    model = ltc.zoo.load("unet_large").to(ltc.distributed.local_device())   # hypothetical .to
+    import torch, ltc, ltc.zoo, ltc.distributed
+    model = ltc.zoo.load("unet_large", device=ltc.distributed.local_device())
     ltc.distributed.generate(model, ltc.zoo.schedule("unet_large"), out_dir="samples", num_samples=50_000,
-                             shape=(1, 16, 16), shard_size=500, seed=0, steps=20,
-                             conditioning={"y": torch.arange(50_000) % 10})
+                             shape=(1, 16, 16), shard_size=500, seed=0, steps=20, guidance_scale=2.0,
+                             conditioning={"y": torch.arange(50_000) % 10},
+                             unconditional={"y": torch.tensor([ltc.zoo.NULL_CLASS])})
+    samples = ltc.distributed.load("samples")["samples"]      # [50000, 1, 16, 16], index order
 
 Determinism.  Sample k's initial noise is ``torch.randn(shape, generator=Generator().manual_seed(s_k))``
 (float32, CPU, then cast to ``dtype`` and moved to the device) with the per-sample seed
