@@ -13,7 +13,6 @@ interpreter, which rounds fp32 -> bf16 by truncation (GPUs round to nearest even
 from __future__ import annotations
 
 import inspect
-import os
 import subprocess
 import sys
 
