@@ -20,7 +20,8 @@ protocol, two implementations:
   re-executes the recorded operations.  So, as with a CUDA graph, a replay repeats the Python
   decisions taken at capture time, reads the *current* contents of the static tensors, and an
   operation that synchronises with the host during capture (``.item()``, ``bool(t)``,
-  ``nonzero``) is an error.
+  ``nonzero``) is an error.  It sees aten operations only, so it accepts only the
+  ``reference`` step ops (``ops_backends``): a Triton or CUDA-extension kernel would not be recorded.
 
 Failures are reported as :class:`GraphCaptureError` with a sentence naming the cause.
 """
@@ -218,6 +219,7 @@ class RecordedGraphs:
     """
 
     name = "recorded"
+    ops_backends = ("reference",)  # kernels launched outside aten (Triton, the CUDA extension) are invisible to it
 
     def __init__(self, max_ops: int | None = None, devices=("cpu",)):
         self.max_ops, self.devices = max_ops, tuple(devices)

@@ -303,6 +303,11 @@ def test_stochastic_replays_draw_the_noise_eager_would_draw(recorded, mode):
     assert recorded.captures == (1 if mode == "whole" else len(signatures))
 
 
+def test_the_recorded_backend_refuses_step_ops_it_cannot_see(recorded):
+    with pytest.raises(GraphCaptureError, match="cannot record the 'triton' step ops"):
+        draw(TinyNet(0), True, backend="triton")
+
+
 def test_a_host_generator_is_refused_for_a_cuda_state():
     plan = ltc.compile_plan(ltc.Schedule.vp("linear").discretize(4), DDIM(eta=1.0), Full(), ["eps"])
     with pytest.raises(GraphCaptureError, match="generator on cpu.*torch.Generator\\(device='cuda'\\)"):
@@ -447,3 +452,23 @@ def test_gpu_a_syncing_model_falls_back_and_capture_still_works_after():
     good = ConvNet(0).cuda()
     x, info = gpu_draw(good, True, Full(), torch.float32)
     torch.testing.assert_close(x, gpu_draw(good, False, Full(), torch.float32)[0], **TOLERANCE[torch.float32])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["whole", "step"])
+def test_gpu_a_cached_replay_makes_no_host_synchronisation(mode):
+    model = ltc.Model(ConvNet(0).cuda(), "eps", "conv")
+    plan = ltc.compile_plan(ltc.Schedule.vp("linear").discretize(12), ltc.samplers.get_sampler("dpmpp_2m"),
+                            LTC(), ["eps"], 2.0)
+    name, ops = ltc.ops.resolve(None, torch.device("cuda"))
+    noise = noise_of(0, (2, 4, 16, 16), torch.float32, "cuda")
+    kwargs = {"y": torch.tensor([0, 1], device="cuda")}
+    run = dict(graph=mode, ops=ops, ops_name=name, model_kwargs=kwargs, check_finite="off")
+    graphs.run(plan, [model], noise, **run)  # capture
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x, executor, _ = graphs.run(plan, [model], noise, **run)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert executor == f"graph-{mode}" and x.shape == noise.shape

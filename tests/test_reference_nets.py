@@ -4,7 +4,7 @@ import torch
 
 import ltc
 from ltc import graphs
-from ltc.reference_nets import DIT_SIZES, DiT, dit, small_unet
+from ltc.reference_nets import DIT_SIZES, DiT, small_unet
 
 PAPER_PARAMETERS = {"S": 33.0e6, "B": 130.5e6, "L": 458.0e6}  # DiT paper, Table 1 (patch 2)
 
