@@ -30,7 +30,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import machine_info, write_result  # noqa: E402
 
 from ltc import ops_reference  # noqa: E402
-from ltc.plan import Col, compile_plan  # noqa: E402
+from ltc.plan import compile_plan  # noqa: E402
 from ltc.policies import Full  # noqa: E402
 from ltc.samplers import get_sampler  # noqa: E402
 from ltc.schedule import Schedule  # noqa: E402
@@ -77,14 +76,6 @@ class StepBuffers:
         return sum(t.numel() * t.element_size() for t in (self.x, self.m, self.hist, self.out))
 
 
-def plain_int_columns():
-    """torch.compile (dynamo, torch 2.13) recurses without end on a tuple indexed by an IntEnum,
-    which the reference does (``row = coefs[step].unbind(); row[Col.PX]``).  For this benchmark
-    only, ops_reference sees the same column numbers as plain ints: the compiled chain is the
-    reference's chain, op for op."""
-    ops_reference.Col = SimpleNamespace(**{c.name: int(c) for c in Col})
-
-
 def implementations(coefs, names, configs=()):
     """name -> fn(buffers): the same step by each implementation.  Call once per (size, dtype):
     ``torch.compile`` specialises on shapes (``dynamic=False``), and the dynamo cache is reset so
@@ -98,7 +89,6 @@ def implementations(coefs, names, configs=()):
         if name == "eager":
             impls[name] = call(ops_reference.model_step)
         elif name == "compile":
-            plain_int_columns()
             impls[name] = call(torch.compile(ops_reference.model_step, dynamic=False, fullgraph=True))
         elif name == "fused":
             from ltc import kernels

@@ -15,6 +15,9 @@ import torch
 
 from .plan import Col
 
+# Plain-int column indices (IntEnum indexing of a tuple sends torch.compile into a recursion).
+PX, PM, A, B0, B1, B2, NOISE, GUIDANCE, EX, EXP, EH1, EH2, IN, IC = (int(c) for c in Col)
+
 
 def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                step, out: torch.Tensor, *, reads: int, cfg: bool,
@@ -33,15 +36,15 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
     m = model_out.to(ct)
     if cfg:
         m_u, m_c = m.chunk(2)
-        m = m_u + row[Col.GUIDANCE] * (m_c - m_u)
-    d = row[Col.PX] * xf + row[Col.PM] * m
-    nxt = row[Col.A] * xf + row[Col.B0] * d
+        m = m_u + row[GUIDANCE] * (m_c - m_u)
+    d = row[PX] * xf + row[PM] * m
+    nxt = row[A] * xf + row[B0] * d
     if reads >= 1:
-        nxt += row[Col.B1] * hist[(step - 1) % H].to(ct)
+        nxt += row[B1] * hist[(step - 1) % H].to(ct)
     if reads >= 2:
-        nxt += row[Col.B2] * hist[(step - 2) % H].to(ct)
+        nxt += row[B2] * hist[(step - 2) % H].to(ct)
     if noise is not None:
-        nxt += row[Col.NOISE] * noise.to(ct)
+        nxt += row[NOISE] * noise.to(ct)
     hist[step % H] = d.to(hist.dtype)
     out.copy_(nxt)
 
@@ -58,12 +61,12 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
     ct = coefs.dtype
     H = hist.shape[0]
     xf = x.to(ct)
-    nxt = row[Col.EX] * xf + row[Col.EXP] * x_prev.to(ct)
+    nxt = row[EX] * xf + row[EXP] * x_prev.to(ct)
     if reads >= 1:
-        nxt += row[Col.EH1] * hist[(step - 1) % H].to(ct)
+        nxt += row[EH1] * hist[(step - 1) % H].to(ct)
     if reads >= 2:
-        nxt += row[Col.EH2] * hist[(step - 2) % H].to(ct)
-    hist[step % H] = (row[Col.IN] * nxt + row[Col.IC] * xf).to(hist.dtype)
+        nxt += row[EH2] * hist[(step - 2) % H].to(ct)
+    hist[step % H] = (row[IN] * nxt + row[IC] * xf).to(hist.dtype)
     out.copy_(nxt)
 
 
