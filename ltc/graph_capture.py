@@ -100,24 +100,40 @@ class CudaGraphs:
         torch.cuda.synchronize(device)
 
     def capture(self, fn, device: torch.device, generators=()):
-        graph = torch.cuda.CUDAGraph()
-        for gen in generators:
-            graph.register_generator_state(gen)
-        stream = self._stream(device)
+        graph, stream, pool = torch.cuda.CUDAGraph(), self._stream(device), self.pool(device)
         torch.cuda.synchronize(device)
         with torch.cuda.device(device), torch.cuda.stream(stream):
-            graph.capture_begin(pool=self.pool(device), capture_error_mode="thread_local")
+            if registers_generators():
+                for gen in generators:
+                    graph.register_generator_state(gen)
+            graph.capture_begin(pool=pool, capture_error_mode="thread_local")
             try:
                 fn()
             except BaseException:
-                try:  # end the (invalidated) capture so the stream and allocator leave capture mode
-                    graph.capture_end()
-                except Exception:
-                    pass
+                self._abort(graph, device)
                 raise
             graph.capture_end()
         torch.cuda.current_stream(device).wait_stream(stream)
         return graph
+
+    def _abort(self, graph, device: torch.device) -> None:
+        """Leave capture mode after ``fn`` raised.  ``capture_end`` fails on an invalidated capture
+        before it stops routing allocations to the pool, which would make the next capture into
+        that pool fail ("already recording to mempool_id"): end the routing here, release the
+        graph, and give later captures a fresh pool."""
+        idx, pool = self._index(device), self.pool(device)
+        try:
+            graph.capture_end()
+        except Exception:
+            try:
+                torch._C._cuda_endAllocateToPool(idx, pool)
+            except Exception:
+                pass
+        try:
+            graph.reset()
+        except Exception:
+            pass
+        self._pools.pop(idx, None)
 
 
 def registers_generators() -> bool:

@@ -452,6 +452,11 @@ def test_gpu_a_syncing_model_falls_back_and_capture_still_works_after():
     good = ConvNet(0).cuda()
     x, info = gpu_draw(good, True, Full(), torch.float32)
     torch.testing.assert_close(x, gpu_draw(good, False, Full(), torch.float32)[0], **TOLERANCE[torch.float32])
+    # a failed capture with a registered generator must leave that generator usable eagerly
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    with pytest.warns(GraphFallbackWarning, match="item_net"):
+        x, info = gpu_draw(ItemNet(2).cuda(), "auto", Full(), torch.float32, sampler=DDIM(eta=1.0), generator=gen)
+    assert info.executor == "eager" and torch.isfinite(x).all()
 
 
 @pytest.mark.gpu
