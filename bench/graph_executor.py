@@ -13,6 +13,8 @@ the floor, where the floor is the same model calls measured alone:
   ltc_eager           ltc.sample(graph=False)
   ltc_step            ltc.sample(graph="step"): per-step graphs
   ltc_whole           ltc.sample(graph="whole"): one graph for the whole trajectory
+  ltc_whole_executor  the same replay on a plan compiled once (graphs.run): without ltc.sample's
+                      per-call prologue (validation, plan compilation, the noise finite check)
   diffusers           DPMSolverMultistepScheduler loop around the eager model
   compiled_graphed    the calls of the torch.compile'd model (default mode) from one CUDA graph:
                       floor of the compiled setups
@@ -56,8 +58,8 @@ from ltc.policies import LTC, Full, TStitch  # noqa: E402
 from ltc.reference_nets import DiT, dit  # noqa: E402
 
 NAME = "graph_executor"
-OVERHEAD_SETUPS = ("model_eager", "model_graphed", "ltc_eager", "ltc_step", "ltc_whole", "diffusers",
-                   "compiled_graphed", "diffusers_compiled", "ltc_whole_compiled")
+OVERHEAD_SETUPS = ("model_eager", "model_graphed", "ltc_eager", "ltc_step", "ltc_whole", "ltc_whole_executor",
+                   "diffusers", "compiled_graphed", "diffusers_compiled", "ltc_whole_compiled")
 POLICIES = {"full": lambda: Full(), "ltc": lambda: LTC(), "tstitch": lambda: TStitch(0.4),
             "tstitch+ltc": lambda: LTC(base=TStitch(0.4))}
 EXECUTOR_FLOORS = {"eager": "eager", "graph_whole": "graphed", "graph_whole_executor_only": "graphed"}
@@ -198,7 +200,8 @@ def summarise(results: dict, N: int) -> None:
     floors = {k: results[k]["median_s"] for k in ("model_eager", "model_graphed", "compiled_graphed")
               if "median_s" in results.get(k, {})}
     floor_of = {"ltc_eager": "model_eager", "diffusers": "model_eager", "ltc_step": "model_graphed",
-                "ltc_whole": "model_graphed", "diffusers_compiled": "compiled_graphed",
+                "ltc_whole": "model_graphed", "ltc_whole_executor": "model_graphed",
+                "diffusers_compiled": "compiled_graphed",
                 "ltc_whole_compiled": "compiled_graphed"}
     for name, row in results.items():
         if "median_s" not in row:
@@ -232,6 +235,7 @@ def run_overhead(b: Bench, size: str, batch: int, setups) -> dict:
         attempt("model_graphed", lambda: b.graphed(b.model_calls(model)))
         for name, graph in (("ltc_eager", False), ("ltc_step", "step"), ("ltc_whole", "whole")):
             attempt(name, lambda: b.ltc_sample(model, None, graph))
+        attempt("ltc_whole_executor", lambda: b.executor_only(model, Full()))
         if b.diffusers:
             attempt("diffusers", lambda: b.diffusers_loop(lambda t: model))
         if b.compile:
@@ -242,8 +246,8 @@ def run_overhead(b: Bench, size: str, batch: int, setups) -> dict:
                 reduce_overhead = torch.compile(model, mode="reduce-overhead", dynamic=False)
                 attempt("diffusers_compiled", lambda: b.diffusers_loop(lambda t: reduce_overhead, mark_step=True))
     for name, out in outputs.items():
-        if name.startswith("ltc_") and isinstance(out, tuple):
-            results[name]["executor"] = out[1].executor
+        if name.startswith("ltc_") and isinstance(out, tuple):  # (x, SampleInfo) or graphs.run's (x, executor, note)
+            results[name]["executor"] = getattr(out[1], "executor", out[1])
     if "ltc_eager" in outputs and "ltc_whole" in outputs:
         diff = (outputs["ltc_whole"][0].float() - outputs["ltc_eager"][0].float()).abs().max()
         results["ltc_whole"]["max_abs_diff_vs_eager"] = float(diff)

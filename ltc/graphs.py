@@ -20,6 +20,9 @@ but raises (ValueError before any work for the CPU / callback / per-step check c
 ``False`` is eager.  Nothing inside a replay copies to the host; ``check_finite`` ``"auto"`` /
 ``"end"`` reads one device value after it (``"off"``: none).
 
+A model's Python code runs at warm-up (once per distinct step) and at capture only; replays
+repeat its device work, so Python side effects (counters, prints, host decisions) do not recur.
+
 Captured walks are cached (:mod:`ltc.graph_cache`: keyed by plan fingerprint, shape, dtype,
 device, model identities, ...); a failed capture is remembered under its key too, so ``"auto"``
 does not retry it.  :func:`clear_cache` frees everything.  Capture happens through a backend
