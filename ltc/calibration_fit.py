@@ -261,7 +261,8 @@ def _check_teacher_plan(plan: Plan, grid, models) -> None:
     if not (np.isclose(g.sigma[0], grid.sigma[0]) and np.isclose(g.alpha[0], grid.alpha[0])
             and np.isclose(g.sigma[-1], grid.sigma[-1])):
         raise ValueError("the teacher plan must start and end at the calibration grid's first and last points "
-                         f"(sigma {grid.sigma[0]:.6g} -> {grid.sigma[-1]:.6g}); got {g.sigma[0]:.6g} -> {g.sigma[-1]:.6g}")
+                         f"(sigma {grid.sigma[0]:.6g} -> {grid.sigma[-1]:.6g}); "
+                         f"got {g.sigma[0]:.6g} -> {g.sigma[-1]:.6g}")
     if len(plan.predictions) != len(models):
         raise ValueError(f"the teacher plan was compiled for {len(plan.predictions)} model(s), "
                          f"calibrate got {len(models)}")

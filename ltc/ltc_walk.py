@@ -3,8 +3,9 @@
 An LTC plan is the base plan (every step a model step, :class:`ltc.plan.Plan` of the base policy)
 with the skipped steps k = 1..K replaced by extrapolations whose six coefficients are affine in the
 weight, ``R0_k + w_k R1_k`` (:meth:`ltc.policies.LTC.rows`).  :class:`LTCWalk` walks it with the
-step operations of :mod:`ltc.ops` (model steps through :func:`ltc.executor.advance`) and the weights as a device tensor ``[K]``, so one compiled
-base plan serves every weight vector (and no weight is copied to the host inside the loop).
+step operations of :mod:`ltc.ops` (model steps through :func:`ltc.executor.advance`) and the
+weights as a device tensor ``[K]``, so one compiled base plan serves every weight vector (and no
+weight is copied to the host inside the loop; one finiteness check runs after it).
 
 Fit mode (the calibration pass of the seed).  At extrapolated step i, with
 ``base = x_{i+1}(w=0)`` and ``dir = x_{i+1}(1) - x_{i+1}(0)`` (both by ``extrapolate_step``), the

@@ -317,3 +317,24 @@ def test_auto_bad_arguments_are_clear_errors(kwargs, match):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
     with pytest.raises(ValueError, match=match):
         LTC.auto(gm, VP, steps=N, sampler="ddim", noise=CAL[:4], verbose=False, **kwargs)
+
+
+@pytest.mark.skipif(not ltc.ops.available("triton"), reason="triton is not installed")
+def test_triton_backend_fits_the_same_weights_as_the_reference():
+    gm = GaussianMixture.random(VP, dim=DIM, seed=0)
+    x = CAL[:8].to(torch.float32)
+    fits = [quiet_calibrate(gm, VP, LTC(), sampler="dpmpp_2m", steps=12, noise=x, backend=b, report=False)
+            for b in ("triton", "reference")]
+    np.testing.assert_allclose(fits[0].weights, fits[1].weights, rtol=1e-5, atol=1e-6)
+
+
+def test_teacher_grid_has_twice_the_steps_between_the_same_end_points():
+    from ltc.calibration_runs import teacher_grid
+    fine = teacher_grid(VP, VP.discretize(10))
+    assert fine.digest() == VP.discretize(20).digest()           # trailing: every N starts at t = 999
+    leading = ltc.Schedule.vp("scaled_linear")                   # leading: t[0] depends on N, so refine
+    grid = leading.discretize(10)
+    refined = teacher_grid(leading, grid)
+    assert refined.steps == 19                                   # the clean-end step (t 0 -> -1) stays whole
+    assert refined.sigma[0] == grid.sigma[0] and refined.sigma[-1] == grid.sigma[-1]
+    assert set(grid.sigma.tolist()) <= set(refined.sigma.tolist())
