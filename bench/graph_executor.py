@@ -33,7 +33,7 @@ wall(Full) / wall(policy); ideal = the same ratio of sums of measured per-call m
 
     python bench/graph_executor.py                  # everything -> bench/results/graph_executor.json
     python bench/graph_executor.py --part overhead --models S --batches 1 --setups model_graphed ltc_whole
-    python bench/graph_executor.py --smoke          # CPU plumbing check: recorded graphs, tiny DiT, writes nothing
+    python bench/graph_executor.py --smoke          # CPU plumbing check: recorded graphs, tiny DiT (--out to write)
 
 Without a CUDA device (and without --smoke) it prints a message and exits 0.  Results of several
 invocations merge into the one JSON file (each entry records its device).
@@ -52,7 +52,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ltc  # noqa: E402
-from _env import RESULTS, machine_info, write_result  # noqa: E402
+from _env import RESULTS, machine_info  # noqa: E402
 from ltc import graphs  # noqa: E402
 from ltc.policies import LTC, Full, TStitch  # noqa: E402
 from ltc.reference_nets import DiT, dit  # noqa: E402
@@ -334,7 +334,10 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setups")
-    p.add_argument("--smoke", action="store_true", help="CPU plumbing check with recorded graphs; writes nothing")
+    p.add_argument("--smoke", action="store_true",
+                   help="CPU plumbing check with recorded graphs and a tiny DiT; writes only to --out")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"result file (default {RESULTS / (NAME + '.json')}; entries merge into it)")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.repeats, args.warmup, args.batches = 4, 1, 0, [1]
@@ -371,18 +374,16 @@ def main(argv=None):
         if args.part in ("policies", "all"):
             for batch in args.batches:
                 update["policies"][f"batch {batch}"] = {"device": device_name, **run_policies(b, batch)}
-    if args.smoke:
-        for per_batch in update["overhead"].values():
-            for entry in per_batch.values():
-                summarise(entry["setups"], args.steps)
-        print(json.dumps(update, indent=1, default=str)[:3000])
-        print("smoke run: nothing written")
+    if args.smoke and args.out is None:
+        print("smoke run: nothing written (give --out to write)")
         return 0
-    merged = merge(RESULTS / f"{NAME}.json", update)
+    path = args.out or RESULTS / f"{NAME}.json"
+    merged = merge(path, update)
     for per_batch in merged["overhead"].values():  # floors may come from an earlier invocation
         for entry in per_batch.values():
             summarise(entry["setups"], merged["config"]["steps"])
-    path = write_result(NAME, merged)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine_info(), **merged}, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return 0
 
