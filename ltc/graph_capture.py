@@ -42,9 +42,10 @@ class GraphTooLargeError(GraphCaptureError):
     """The capture ran out of device memory (a smaller graph, e.g. per step, may still fit)."""
 
 
-HOST_SYNC_HINT = ("something in the captured loop synchronises with the host or copies to it "
-                  "(.item(), float(t), bool(t), if on a tensor, print, .cpu(), .tolist(), nonzero / "
-                  "boolean-mask indexing, a data-dependent shape); a CUDA graph can only hold device work")
+HOST_SYNC_HINT = ("something in the captured loop synchronises with the host or copies between host and "
+                  "device (.item(), float(t), bool(t), if on a tensor, print, .cpu(), .tolist(), nonzero / "
+                  "boolean-mask indexing, a data-dependent shape, a CPU tensor moved to the GPU such as CPU "
+                  "labels in model_kwargs); a CUDA graph can only hold device work")
 
 
 def explain(err: BaseException, where: str) -> str:
