@@ -77,9 +77,10 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
         return_info: also return a :class:`ltc.executor.SampleInfo` (NFE per model, the plan, backend).
         backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: ``"step"``, ``"end"``,
             ``"off"`` or ``"auto"`` (step on CPU, end on CUDA).
-        graph: ``"auto"`` (CUDA: capture the whole walk as a CUDA graph and replay it, per-step
-            graphs when it does not fit, eager with a warning when capture fails; CPU: eager),
-            ``True`` (graphs or an error), ``False`` (eager), ``"whole"`` or ``"step"``.  A
+        graph: ``"auto"`` (CUDA: from the second call with the same plan, shapes and models,
+            capture the whole walk as a CUDA graph and replay it; per-step graphs when it does
+            not fit, eager with a warning when capture fails; CPU: eager), ``True`` (graphs from
+            the first call, or an error), ``False`` (eager), ``"whole"`` or ``"step"``.  A
             callback or ``check_finite="step"`` means eager.  See :mod:`ltc.graphs`.
 
     Returns:

@@ -10,12 +10,14 @@ can be captured (:mod:`ltc.graph_walk`):
 * ``"step"`` -- one graph per step signature, replayed N times in plan order with the step
   index in device memory: for plans whose whole capture does not fit.
 
-``ltc.sample(..., graph=...)`` (:func:`run`): ``"auto"`` captures the whole walk, falls back to
-per-step graphs when that capture runs out of memory, and samples eagerly with a
+``ltc.sample(..., graph=...)`` (:func:`run`): ``"auto"`` samples a new key eagerly once (so a
+one-off call, or a fresh lambda per call, never pays for a capture), and from the second call
+with the same plan, shapes and models captures the whole walk, falls back to per-step graphs
+when that capture runs out of memory, and samples eagerly with a
 :class:`GraphFallbackWarning` naming the cause when capture fails (a model that synchronises
 with the host, a host generator, keyword arguments that are not tensors or constants, ...); on
-the CPU, with a ``callback`` or with ``check_finite="step"`` it is eager.  ``True`` does the same
-but raises (ValueError before any work for the CPU / callback / per-step check cases,
+the CPU, with a ``callback`` or with ``check_finite="step"`` it is eager.  ``True`` captures at
+the first call and raises (ValueError before any work for the CPU / callback / per-step check cases,
 :class:`GraphCaptureError` for capture failures); ``"whole"`` / ``"step"`` demand that mode;
 ``False`` is eager.  Nothing inside a replay copies to the host; ``check_finite`` ``"auto"`` /
 ``"end"`` reads one device value after it (``"off"``: none).
@@ -54,11 +56,15 @@ class GraphFallbackWarning(UserWarning):
 
 _backend = CudaGraphs()
 _cache = GraphCache(capacity=8)
+_seen = GraphCache(capacity=64)  # keys graph="auto" has sampled once, eagerly
+FIRST_CALL = ("graph='auto' captures from the second call with the same plan, shapes and models; "
+              "this first one ran eagerly")
 
 
 def clear_cache() -> None:
     """Free every captured walk (graphs, static buffers) and every remembered capture failure."""
     _cache.clear()
+    _seen.clear()
 
 
 def cache_size() -> int:
@@ -137,7 +143,8 @@ def graph_generator(plan, device: torch.device, generator, can_register: bool | 
     return gen
 
 
-def _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check) -> torch.Tensor:
+def _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check, defer):
+    """Samples from the cached (or newly captured) walk; None when ``defer`` and this key is new."""
     backend = _backend
     allowed = getattr(backend, "ops_backends", None)
     if allowed is not None and ops_name not in allowed:
@@ -151,6 +158,9 @@ def _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check) 
     if isinstance(captured, tuple):  # a remembered failure (class, message): do not capture again
         raise captured[0](captured[1])
     if captured is None:
+        if defer and _seen.get(key, identity) is None:
+            _seen.put(key, identity, True)
+            return None
         try:
             captured = CapturedWalk.capture(mode, plan, models, noise, ops, kwargs, gen, check, backend)
         except GraphCaptureError as err:
@@ -165,9 +175,11 @@ def run(plan, models, noise, *, graph="auto", ops, ops_name: str, model_kwargs=N
     """Sample along ``plan`` from ``noise`` with graphs when ``graph`` allows, else eagerly.
 
     Returns ``(samples, executor, note)``: executor is one of EXECUTORS, note says why graphs
-    were not used (or None).  ``graph="auto"`` tries the whole walk, then per-step graphs when
-    the whole capture runs out of memory, and samples eagerly with a GraphFallbackWarning when
-    capture fails; ``True`` does the same but raises GraphCaptureError instead of falling back;
+    were not used (or None).  ``graph="auto"`` samples a new key (plan, shapes, models, ...)
+    eagerly once -- a one-off call or a fresh lambda per call never pays for a capture -- and
+    from the second call on tries the whole walk, then per-step graphs when the whole capture
+    runs out of memory, and samples eagerly with a GraphFallbackWarning when capture fails.
+    ``True`` captures at once and raises GraphCaptureError instead of falling back;
     ``"whole"`` / ``"step"`` demand that mode.
     """
     kwargs = model_kwargs or {}
@@ -178,17 +190,23 @@ def run(plan, models, noise, *, graph="auto", ops, ops_name: str, model_kwargs=N
         errors, last = [], None
         for mode in modes:
             try:
-                x = _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check)
-                return x, f"graph-{mode}", "; ".join(errors) or None
+                defer = graph == "auto" and mode == modes[0]
+                x = _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check, defer)
             except GraphCaptureError as err:
                 errors.append(str(err))
                 last = err
-                if not isinstance(err, GraphTooLargeError):
-                    break
-        note = "; ".join(errors)
-        if graph != "auto":
-            raise type(last)(note) from last
-        warnings.warn(f"graph='auto' samples eagerly: {note}", GraphFallbackWarning, stacklevel=3)
+                if isinstance(err, GraphTooLargeError):
+                    continue
+                break
+            if x is None:
+                note = FIRST_CALL
+                break
+            return x, f"graph-{mode}", "; ".join(errors) or None
+        if note is None:
+            note = "; ".join(errors)
+            if graph != "auto":
+                raise type(last)(note) from last
+            warnings.warn(f"graph='auto' samples eagerly: {note}", GraphFallbackWarning, stacklevel=3)
     x = run_eager(plan, models, noise, ops=ops, model_kwargs=model_kwargs, generator=generator,
                   callback=callback, progress=progress, check_finite=check_finite)
     return x, "eager", note

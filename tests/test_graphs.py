@@ -101,12 +101,23 @@ def test_flow_euler_replays_equal_the_eager_walk(recorded):
         assert torch.equal(x, eager)
 
 
-def test_auto_captures_the_whole_walk_once_and_replays_it(recorded):
+def test_auto_samples_a_new_key_eagerly_then_captures_once_and_replays(recorded):
     model = TinyNet(0)
     _, info = draw(model, "auto")
+    assert info.executor == "eager" and recorded.captures == 0 and "second call" in info.extra["graph"]
+    _, info = draw(model, "auto")
     assert info.executor == "graph-whole" and recorded.captures == 1
-    draw(model, "auto", seed=1)
-    assert recorded.captures == 1 and graphs.cache_size() == 1
+    x, info = draw(model, "auto", seed=1)
+    assert info.executor == "graph-whole" and recorded.captures == 1 and graphs.cache_size() == 1
+    assert torch.equal(x, draw(model, False, seed=1)[0])
+
+
+def test_auto_never_captures_a_fresh_callable_per_call(recorded):
+    net = TinyNet(0)
+    for _ in range(3):
+        _, info = draw(ltc.Model(lambda x, t: net(x, t), "eps"), "auto")
+        assert info.executor == "eager"
+    assert recorded.captures == 0
 
 
 def test_a_replay_reads_new_noise_and_new_label_tensors(recorded):
@@ -213,6 +224,7 @@ class Syncing(TinyNet):
 
 def test_auto_falls_back_to_eager_with_a_warning_naming_the_model(recorded):
     model = Syncing(0)
+    draw(model, "auto")  # the first call of a key is eager: nothing is captured yet
     with pytest.warns(GraphFallbackWarning, match="model 'syncing' at step 0.*host"):
         x, info = draw(model, "auto")
     assert info.executor == "eager" and "host" in info.extra["graph"]
@@ -221,8 +233,8 @@ def test_auto_falls_back_to_eager_with_a_warning_naming_the_model(recorded):
 
 def test_a_failed_capture_is_remembered(recorded):
     model = Syncing(0)
-    with pytest.warns(GraphFallbackWarning):
-        draw(model, "auto")
+    with pytest.raises(GraphCaptureError):
+        draw(model, True)
     warmups = recorded.warmups
     with pytest.warns(GraphFallbackWarning):
         draw(model, "auto")
@@ -238,7 +250,7 @@ def test_a_model_error_at_warm_up_is_raised_as_is(recorded):
     def wrong_shape(x, t):
         return x[:, :1]
     with pytest.raises(ValueError, match="returned shape"):
-        draw(ltc.Model(wrong_shape, "eps"), "auto")
+        draw(ltc.Model(wrong_shape, "eps"), True)
 
 
 def test_auto_uses_per_step_graphs_when_the_whole_walk_is_too_large():
@@ -246,6 +258,7 @@ def test_auto_uses_per_step_graphs_when_the_whole_walk_is_too_large():
         model = TinyNet(0)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
+            draw(model, "auto")
             x, info = draw(model, "auto")
         assert info.executor == "graph-step" and "out of memory" in info.extra["graph"]
         assert torch.equal(x, draw(model, False)[0])
@@ -444,6 +457,7 @@ def test_gpu_a_syncing_model_falls_back_and_capture_still_works_after():
             return super().forward(x, t, y) * (1.0 if t[0].item() > -10 else 0.0)
 
     bad = ItemNet(0).cuda()
+    gpu_draw(bad, "auto", Full(), torch.float32)  # a new key: eager, nothing captured
     with pytest.warns(GraphFallbackWarning, match="item_net"):
         x, info = gpu_draw(bad, "auto", Full(), torch.float32)
     assert info.executor == "eager"
@@ -453,9 +467,10 @@ def test_gpu_a_syncing_model_falls_back_and_capture_still_works_after():
     x, info = gpu_draw(good, True, Full(), torch.float32)
     torch.testing.assert_close(x, gpu_draw(good, False, Full(), torch.float32)[0], **TOLERANCE[torch.float32])
     # a failed capture with a registered generator must leave that generator usable eagerly
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    with pytest.warns(GraphFallbackWarning, match="item_net"):
-        x, info = gpu_draw(ItemNet(2).cuda(), "auto", Full(), torch.float32, sampler=DDIM(eta=1.0), generator=gen)
+    gen, noisy = torch.Generator(device="cuda").manual_seed(0), ItemNet(2).cuda()
+    with pytest.raises(GraphCaptureError, match="item_net"):
+        gpu_draw(noisy, True, Full(), torch.float32, sampler=DDIM(eta=1.0), generator=gen)
+    x, info = gpu_draw(noisy, False, Full(), torch.float32, sampler=DDIM(eta=1.0), generator=gen)
     assert info.executor == "eager" and torch.isfinite(x).all()
 
 
