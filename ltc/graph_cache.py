@@ -6,12 +6,14 @@ generator *by address*.  Its cache key is therefore
     (plan fingerprint, mode, shape, dtype, device, ops backend, finite check,
      model identities, model_kwargs signature, generator identity, capture backend)
 
-and an entry is only used while the very objects it was captured with are alive and unchanged:
-it keeps weak references to the model callables and the generator (strong ones for objects that
-cannot be weakly referenced), and the addresses of the parameters and buffers of the
+and an entry is only used for the very objects it was captured with, unchanged: it keeps
+references to the model callables and the generator (weak ones where possible: a remembered
+failure must not keep a model alive; a captured walk holds its models anyway, because its graphs
+read their weights by address), and the addresses of the parameters and buffers of the
 ``torch.nn.Module`` s it can see (the callable itself, the instance of a bound method, or a module
-held in an attribute of the callable).  A dead reference or a moved weight (``model.to(...)``,
-``.half()``) makes the entry stale: it is dropped and the walk is captured again.
+held in an attribute of the callable).  A dead reference, another object at a reused ``id``, or a
+moved weight (``model.to(...)``, ``.half()``) makes the entry stale: it is dropped and the walk
+is captured again.
 
 Pass the same callable objects to reuse graphs: a fresh ``lambda`` per call is a new identity
 and is captured again every time (the cache holds at most ``capacity`` entries).

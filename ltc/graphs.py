@@ -26,8 +26,9 @@ A model's Python code runs at warm-up (once per distinct step) and at capture on
 repeat its device work, so Python side effects (counters, prints, host decisions) do not recur.
 
 Captured walks are cached (:mod:`ltc.graph_cache`: keyed by plan fingerprint, shape, dtype,
-device, model identities, ...); a failed capture is remembered under its key too, so ``"auto"``
-does not retry it.  :func:`clear_cache` frees everything.  Capture happens through a backend
+device, model identities, ...; the 8 most recent are kept, each holding its models, buffers and
+graph memory); a failed capture is remembered under its key too, so ``"auto"`` does not retry
+it.  :func:`clear_cache` frees everything.  Capture happens through a backend
 (:mod:`ltc.graph_capture`): CUDA graphs, or :class:`RecordedGraphs` to run graph mode on the
 CPU (``with use_backend(RecordedGraphs()): ...``).  Not thread-safe: capture one walk at a time.
 """
