@@ -19,6 +19,34 @@ from .plan import Col
 PX, PM, A, B0, B1, B2, NOISE, GUIDANCE, EX, EXP, EH1, EH2, IN, IC = (int(c) for c in Col)
 
 
+def _row(coefs: torch.Tensor, step) -> tuple:
+    """The 0-d coefficients of row ``step``.  A device ``step`` is gathered on the device
+    (indexing with a 0-d tensor would copy it to the host)."""
+    if isinstance(step, torch.Tensor):
+        return coefs.index_select(0, step.reshape(1).long())[0].unbind()
+    return coefs[step].unbind()
+
+
+def _slot(step, back: int, H: int):
+    """History slot of step ``step - back``: an int, or a 1-element device index tensor."""
+    if isinstance(step, torch.Tensor):
+        return ((step.reshape(1).long() - back) % H)
+    return (step - back) % H
+
+
+def _read(hist: torch.Tensor, step, back: int) -> torch.Tensor:
+    slot = _slot(step, back, hist.shape[0])
+    return hist.index_select(0, slot)[0] if isinstance(slot, torch.Tensor) else hist[slot]
+
+
+def _write(hist: torch.Tensor, step, value: torch.Tensor) -> None:
+    slot = _slot(step, 0, hist.shape[0])
+    if isinstance(slot, torch.Tensor):
+        hist.index_copy_(0, slot, value.to(hist.dtype).unsqueeze(0))
+    else:
+        hist[slot] = value.to(hist.dtype)
+
+
 def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                step, out: torch.Tensor, *, reads: int, cfg: bool,
                noise: torch.Tensor | None = None) -> None:
@@ -29,9 +57,8 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
 
     ``reads`` (0, 1 or 2) is how many past D the step uses (solver order - 1).
     """
-    row = coefs[step].unbind()  # one op for all 0-d coefficient views
+    row = _row(coefs, step)
     ct = coefs.dtype
-    H = hist.shape[0]
     xf = x.to(ct)
     m = model_out.to(ct)
     if cfg:
@@ -40,12 +67,12 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
     d = row[PX] * xf + row[PM] * m
     nxt = row[A] * xf + row[B0] * d
     if reads >= 1:
-        nxt += row[B1] * hist[(step - 1) % H].to(ct)
+        nxt += row[B1] * _read(hist, step, 1).to(ct)
     if reads >= 2:
-        nxt += row[B2] * hist[(step - 2) % H].to(ct)
+        nxt += row[B2] * _read(hist, step, 2).to(ct)
     if noise is not None:
         nxt += row[NOISE] * noise.to(ct)
-    hist[step % H] = d.to(hist.dtype)
+    _write(hist, step, d)
     out.copy_(nxt)
 
 
@@ -57,16 +84,15 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
 
     ``reads`` (0, 1 or 2) is how many past D the extrapolation uses.
     """
-    row = coefs[step].unbind()
+    row = _row(coefs, step)
     ct = coefs.dtype
-    H = hist.shape[0]
     xf = x.to(ct)
     nxt = row[EX] * xf + row[EXP] * x_prev.to(ct)
     if reads >= 1:
-        nxt += row[EH1] * hist[(step - 1) % H].to(ct)
+        nxt += row[EH1] * _read(hist, step, 1).to(ct)
     if reads >= 2:
-        nxt += row[EH2] * hist[(step - 2) % H].to(ct)
-    hist[step % H] = (row[IN] * nxt + row[IC] * xf).to(hist.dtype)
+        nxt += row[EH2] * _read(hist, step, 2).to(ct)
+    _write(hist, step, row[IN] * nxt + row[IC] * xf)
     out.copy_(nxt)
 
 
