@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 
 from . import graphs, ops
 from .executor import CHECK_FINITE, SampleInfo
 from .models import as_models
-from .plan import compile_plan
+from .plan import Plan, compile_plan, fingerprint_of
 from .policies import Full, Policy
 from .samplers import get_sampler
 from .schedule import Schedule
@@ -47,6 +48,26 @@ def _check_noise(noise, shape, generator, dtype, device):
     device = torch.device(device) if device is not None else torch.device("cpu")
     gen_device = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+_PLANS: "OrderedDict[str, Plan]" = OrderedDict()
+PLAN_CACHE_SIZE = 64
+
+
+def _cached_plan(schedule, steps, solver, policy, predictions, guidance_scale) -> Plan:
+    """The compiled plan, from a small LRU cache keyed by what it is compiled from (the configs of
+    schedule, sampler and policy identify them completely), so repeated calls skip compilation and
+    reuse the plan's device coefficient tables."""
+    key = fingerprint_of(schedule.config(), steps, solver.config(), policy.config(), predictions, guidance_scale)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = compile_plan(schedule.discretize(steps), solver, policy, predictions, guidance_scale)
+        _PLANS[key] = plan
+        if len(_PLANS) > PLAN_CACHE_SIZE:
+            _PLANS.popitem(last=False)
+    else:
+        _PLANS.move_to_end(key)
+    return plan
 
 
 def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampler="dpmpp_2m",
@@ -104,8 +125,8 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
         raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
     if solver.stochastic and generator is None:
         raise ValueError(f"sampler {solver!r} draws noise every step: pass generator= for reproducible samples")
-    grid = schedule.discretize(steps)
-    plan = compile_plan(grid, solver, policy, [m.prediction for m in models], guidance_scale)
+    plan = _cached_plan(schedule, steps, solver, policy, tuple(m.prediction for m in models), guidance_scale)
+    grid = plan.grid
     x_init = _check_noise(noise, shape, generator, dtype, device)
     backend_name, backend_ops = ops.resolve(backend, x_init.device)
     graphs.check_option(graph, x_init.device, callback, check_finite)

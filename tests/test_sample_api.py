@@ -172,3 +172,13 @@ def test_wrong_model_output_is_reported_with_step_and_model(bad, match):
 def test_cfg_model_returning_a_single_batch_is_reported():
     with pytest.raises(ValueError, match=r"returned shape \(8, 2, 3\), expected \(16, 2, 3\)"):
         call(model_fns=Model(lambda x, t: x[: x.shape[0] // 2], "eps"), guidance_scale=3.0)
+
+
+def test_compiled_plans_are_cached_by_what_they_are_compiled_from():
+    oracle = GaussianMixture.random(VP, dim=6)
+    plan = lambda **kw: ltc.sample(oracle, VP, noise=noise(), return_info=True, progress=False,
+                                   **{"steps": 6, **kw})[1].plan
+    first = plan()
+    assert plan() is first
+    assert plan(steps=7) is not first and plan(sampler="ddim") is not first
+    assert plan(policy=ltc.policies.Full(0)) is not first  # another config, even if the same decision

@@ -12,7 +12,11 @@ from ..plan import EXTRAPOLATION_COLS, Decision
 
 
 class Policy:
-    """Base class.  Subclasses implement :meth:`decide` and :meth:`config`."""
+    """Base class.  Subclasses implement :meth:`decide` and :meth:`config`.
+
+    ``config()`` must identify the decision completely (JSON-able): it enters the plan's
+    fingerprint and keys :func:`ltc.sample`'s cache of compiled plans.
+    """
 
     def decide(self, grid, sampler, n_models: int) -> Decision:  # pragma: no cover - abstract
         raise NotImplementedError
