@@ -1,0 +1,254 @@
+"""The model zoo: data, checked loading of the shipped weights, metrics, and in-distribution samples."""
+import json
+import shutil
+
+import pytest
+import torch
+
+import ltc
+import ltc.zoo as zoo
+from ltc.policies import TStitch
+from ltc.zoo import metrics as M
+from ltc.zoo.store import read_weights, save_weights
+
+
+# -- data ------------------------------------------------------------------------------------
+def test_digits_splits_shapes_and_range():
+    x, y = zoo.digits("train")
+    xh, yh = zoo.digits("heldout")
+    assert x.shape == (1500, 1, 16, 16) and xh.shape == (297, 1, 16, 16) and x.dtype == torch.float32
+    assert float(x.min()) == -1.0 and float(x.max()) == 1.0
+    assert y.dtype == torch.int64 and set(y.tolist()) == set(range(10)) == set(yh.tolist())
+    images, labels = zoo.raw_digits("all")
+    assert torch.equal(zoo.to_model_space(images[1500:]), xh) and torch.equal(labels[1500:], yh)
+
+
+def test_upsampling_keeps_constant_images_constant():
+    x = zoo.to_model_space(torch.full((2, 8, 8), 8, dtype=torch.uint8))
+    assert torch.equal(x, torch.zeros(2, 1, 16, 16))
+
+
+def test_unknown_split_is_refused():
+    with pytest.raises(ValueError, match="split must be one of"):
+        zoo.digits("test")
+
+
+# -- loading ---------------------------------------------------------------------------------
+def test_names_lists_denoisers_small_to_large_and_the_classifier():
+    names = zoo.names()
+    assert names == ["unet_small", "unet_large"]
+    macs = [zoo.info(n)["macs_per_sample"] for n in names]
+    assert int(macs[0]) < int(macs[1])
+    assert zoo.names("classifier") == ["classifier"]
+
+
+def test_large_model_costs_5_to_10_times_the_small_one():
+    ratio = zoo.load("unet_large").fn.macs_per_sample / zoo.load("unet_small").fn.macs_per_sample
+    assert 5 <= ratio <= 10
+
+
+def test_weights_record_their_training_and_data():
+    for name in zoo.names() + ["classifier"]:
+        meta = zoo.info(name)
+        assert meta["data_digest"] == zoo.data_digest()
+        assert meta["training_command"].startswith("python -m ltc.zoo.train")
+        assert meta["architecture"]["kind"] in ("unet", "classifier")
+    assert zoo.info("unet_large")["schedule"] == zoo.info("unet_small")["schedule"]
+
+
+def test_loaded_denoiser_is_an_eps_model_without_autograd():
+    model = zoo.load("unet_small")
+    assert isinstance(model, ltc.Model) and model.prediction == "eps" and model.name == "unet_small"
+    x = torch.randn(4, 1, 16, 16, requires_grad=True)
+    out = model(x, torch.full((4,), 500.0), y=torch.tensor([0, 1, 2, 10]))
+    assert out.shape == x.shape and out.dtype == x.dtype and not out.requires_grad
+    assert not model.fn.net.training
+
+
+def test_half_batch_labels_label_the_conditional_half_under_guidance():
+    model = zoo.load("unet_small")
+    x, t = torch.randn(4, 1, 16, 16), torch.full((4,), 300.0)
+    doubled = model(x, t, y=torch.tensor([3, 7]))
+    explicit = model(x, t, y=torch.tensor([10, 10, 3, 7]))
+    assert torch.equal(doubled, explicit)
+    with pytest.raises(ValueError, match="y must have shape"):
+        model(x, t, y=torch.tensor([1, 2, 3]))
+
+
+def test_schedule_is_the_training_schedule():
+    schedule = zoo.schedule("unet_large")
+    assert schedule.config() == zoo.info("unet_large")["schedule"]
+
+
+def test_unknown_name_lists_the_available_models():
+    with pytest.raises(ValueError, match=r"no zoo model named 'unet_huge'.*unet_large"):
+        zoo.load("unet_huge")
+
+
+def test_classifier_is_not_a_denoiser():
+    with pytest.raises(ValueError, match="not a denoiser"):
+        zoo.load("classifier")
+
+
+@pytest.fixture
+def copy_of_small(tmp_path):
+    shutil.copy(zoo.WEIGHTS_DIR / "unet_small.safetensors", tmp_path / "unet_small.safetensors")
+    return tmp_path, tmp_path / "unet_small.safetensors"
+
+
+def test_truncated_file_is_refused_naming_the_path(copy_of_small):
+    directory, path = copy_of_small
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"unet_small\.safetensors is not a readable safetensors file"):
+        zoo.load("unet_small", directory=directory)
+
+
+def test_flipped_byte_is_refused(copy_of_small):
+    directory, path = copy_of_small
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted"):
+        zoo.load("unet_small", directory=directory)
+
+
+def test_text_file_is_refused(copy_of_small):
+    directory, path = copy_of_small
+    path.write_text("not weights")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        zoo.load("unet_small", directory=directory)
+
+
+def _rewrite(path, edit_tensors=None, edit_meta=None):
+    tensors, meta = read_weights(path)
+    meta.pop("tensors_sha256")
+    if edit_tensors:
+        edit_tensors(tensors)
+    if edit_meta:
+        edit_meta(meta)
+    save_weights(path, tensors, meta)
+
+
+def test_missing_tensor_is_named(copy_of_small):
+    directory, path = copy_of_small
+    _rewrite(path, lambda t: t.pop("mid.conv1.weight"))
+    with pytest.raises(ValueError, match="lacks tensor 'mid.conv1.weight'"):
+        zoo.load("unet_small", directory=directory)
+
+
+def test_extra_tensor_is_named(copy_of_small):
+    directory, path = copy_of_small
+    _rewrite(path, lambda t: t.update(stray=torch.zeros(3)))
+    with pytest.raises(ValueError, match="tensor 'stray' that its architecture does not use"):
+        zoo.load("unet_small", directory=directory)
+
+
+def test_misshaped_tensor_is_named(copy_of_small):
+    directory, path = copy_of_small
+    _rewrite(path, lambda t: t.update({"conv_out.bias": torch.zeros(2)}))
+    with pytest.raises(ValueError, match=r"tensor 'conv_out.bias' has shape \(2,\)"):
+        zoo.load("unet_small", directory=directory)
+
+
+def test_integer_tensor_is_refused(copy_of_small):
+    directory, path = copy_of_small
+    _rewrite(path, lambda t: t.update({"conv_out.bias": torch.zeros(1, dtype=torch.int32)}))
+    with pytest.raises(ValueError, match="conv_out.bias' has dtype torch.int32"):
+        zoo.load("unet_small", directory=directory)
+
+
+def test_missing_metadata_field_is_named(copy_of_small):
+    directory, path = copy_of_small
+    _rewrite(path, edit_meta=lambda m: m.pop("prediction"))
+    with pytest.raises(ValueError, match="metadata lacks 'prediction'"):
+        zoo.load("unet_small", directory=directory)
+
+
+def test_architecture_contradicting_the_tensors_is_refused(copy_of_small):
+    directory, path = copy_of_small
+    _rewrite(path, edit_meta=lambda m: m.update(architecture=json.dumps(
+        {**json.loads(m["architecture"]), "channels": 24})))
+    with pytest.raises(ValueError, match="has shape .* the architecture expects"):
+        zoo.load("unet_small", directory=directory)
+
+
+# -- metrics ---------------------------------------------------------------------------------
+def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
+    a = signs * torch.tensor([1.0, 2.0]) + torch.tensor([0.5, 0.0])
+    b = signs * torch.tensor([3.0, 0.5]) + torch.tensor([0.0, 1.0])
+    var_a = torch.tensor([1.0, 4.0], dtype=torch.float64) * 4 / 3
+    var_b = torch.tensor([9.0, 0.25], dtype=torch.float64) * 4 / 3
+    expected = 0.5 ** 2 + 1.0 + float((var_a.sqrt() - var_b.sqrt()).pow(2).sum())
+    assert M.frechet_distance_from_features(a, b) == pytest.approx(expected, rel=1e-12)
+    assert M.frechet_distance_from_features(a, a) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_frechet_distance_is_invariant_to_a_common_rotation():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(60, 4, generator=g, dtype=torch.float64) @ torch.randn(4, 4, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
+    assert M.frechet_distance_from_features(a @ q, b @ q) == pytest.approx(
+        M.frechet_distance_from_features(a, b), rel=1e-9)
+
+
+def test_psnr_and_rmse_of_a_constant_offset():
+    ref = torch.zeros(3, 1, 16, 16, dtype=torch.float64)
+    out = M.psnr_rmse(ref + 0.2, ref)
+    assert out["psnr"] == pytest.approx(20.0, abs=1e-9) and out["rmse"] == pytest.approx(0.2, abs=1e-7)
+    assert M.psnr_rmse(ref, ref) == {"psnr": float("inf"), "rmse": 0.0}
+
+
+def test_classifier_is_accurate_on_held_out_digits():
+    x, y = zoo.digits("heldout")
+    agreement = M.confidence(x, y)["agreement"]
+    assert agreement >= 0.95
+    assert agreement == pytest.approx(float(zoo.load_classifier().metadata["heldout_accuracy"]), abs=1e-4)
+
+
+def test_metrics_refuse_wrong_shapes():
+    with pytest.raises(ValueError, match=r"\[B, 1, 16, 16\]"):
+        M.frechet_distance(torch.zeros(4, 16, 16))
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.psnr_rmse(torch.zeros(2, 1, 16, 16), torch.zeros(3, 1, 16, 16))
+
+
+# -- sampling --------------------------------------------------------------------------------
+class Counting:
+    def __init__(self, model):
+        self.model, self.prediction, self.name, self.calls = model, model.prediction, model.name, 0
+
+    def __call__(self, x, t, y=None):
+        self.calls += x.shape[0] > 2  # the compatibility probe runs on one sample (two under guidance)
+        return self.model(x, t, y=y)
+
+
+def confidence_threshold():
+    """Mean confidence on held-out digits minus 0.05 (about 0.93; pure noise scores about 0.88)."""
+    return M.confidence(zoo.digits("heldout")[0])["confidence"] - 0.05
+
+
+def test_stitched_zoo_models_switch_exactly_and_sample_real_digits():
+    torch.manual_seed(0)
+    small, large = Counting(zoo.load("unet_small")), Counting(zoo.load("unet_large"))
+    labels = torch.arange(30) % 10
+    noise = torch.randn(30, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    x, info = ltc.sample([small, large], zoo.schedule("unet_large"), TStitch(0.4), steps=10, noise=noise,
+                         model_kwargs={"y": labels}, guidance_scale=2.0, progress=False, return_info=True)
+    assert (small.calls, large.calls) == (4, 6) and info.nfe_per_model == [4, 6]
+    score = M.confidence(x, labels)
+    threshold = confidence_threshold()
+    assert score["confidence"] >= threshold and score["agreement"] >= 0.8
+    noise_score = M.confidence(noise.clamp(-1, 1), labels)  # the check can fail
+    assert noise_score["confidence"] < threshold and noise_score["agreement"] < 0.8
+
+
+def test_stitching_models_of_different_prediction_types_is_refused_before_sampling():
+    small = Counting(zoo.load("unet_small"))
+    large = ltc.Model(Counting(zoo.load("unet_large")), "v", "large_v")
+    with pytest.raises(ValueError, match="prediction type"):
+        ltc.sample([small, large], zoo.schedule("unet_large"), TStitch(0.5), steps=4,
+                   shape=(3, 1, 16, 16), progress=False)
+    assert small.calls == 0
