@@ -86,11 +86,6 @@ def plain_rows(model, schedule, sampler, N, nfe, points, noise, exact) -> dict:
     return rows
 
 
-def verdict(accepted: bool, wins: bool) -> str:
-    return ("correct accept" if accepted and wins else "FALSE ACCEPT" if accepted
-            else "correct refusal" if not wins else "false refusal")
-
-
 def run_case(model, schedule, sampler, N, cal_noise, held, exact) -> dict:
     policy = LTC()
     plan = ltc.compile_plan(schedule.discretize(N), get_sampler(sampler), policy, ["x0"])
@@ -114,7 +109,6 @@ def run_case(model, schedule, sampler, N, cal_noise, held, exact) -> dict:
         err = errors(x, exact)
         d = cal.report["decision"]
         wins = err["median"] < best_plain
-        confident_accept = d["accepted"] and d["confident"]
         case["ltc"].append({
             "objective": objective, "state": state, "calibrated": err, "w1": errors(x1, exact),
             "weights": cal.weights.tolist(), "weights_step": cal.weights_step.tolist(),
@@ -124,9 +118,8 @@ def run_case(model, schedule, sampler, N, cal_noise, held, exact) -> dict:
             "accepted": d["accepted"], "teacher_ltc_median": d["ltc_median"],
             "teacher_best_plain_median": d["best_plain_median"], "teacher_best_plain": d["best_plain_name"],
             "beats_best_plain_on_exact": bool(wins),
-            "confident": d["confident"], "teacher_error": d["teacher_error"],
-            "verdict": verdict(d["accepted"], wins),
-            "verdict_confident_only": verdict(confident_accept, wins)})
+            "verdict": ("correct accept" if d["accepted"] and wins else "FALSE ACCEPT" if d["accepted"]
+                        else "correct refusal" if not wins else "false refusal")})
         case.setdefault("coherence", cal.coherence.tolist())
     return case
 
@@ -234,8 +227,8 @@ def machine() -> dict:
             "threads": torch.get_num_threads(), "ltc": ltc.__version__}
 
 
-def tally(results, key="verdict") -> dict:
-    verdicts = [v[key] for r in results for c in r["cases"] for v in c["ltc"] if key in v]
+def tally(results) -> dict:
+    verdicts = [v["verdict"] for r in results for c in r["cases"] for v in c["ltc"] if "verdict" in v]
     return {v: verdicts.count(v) for v in ("correct accept", "FALSE ACCEPT", "correct refusal", "false refusal")}
 
 
@@ -250,8 +243,7 @@ def print_case(oracle_name, setting, case):
             print(f"      {v['objective']:10s} {v['state']:8s} n/a: {v['error'][:80]}")
             continue
         print(f"      {v['objective']:10s} {v['state']:8s} ltc {v['calibrated']['rmse']:.4f}  w=1 "
-              f"{v['w1']['rmse']:.4f}  calls {v['cost_calls']:5d}  {v['verdict']}"
-              f"{'' if v['confident'] else ' (uncertain)'}")
+              f"{v['w1']['rmse']:.4f}  calls {v['cost_calls']:5d}  {v['verdict']}")
 
 
 def main(argv=None):
@@ -299,11 +291,9 @@ def main(argv=None):
                 print("history rules", oracle_name, name, N,
                       {r: round(h[r]["calibrated"]["rmse"], 4) for r in RULES})
     out = {"machine": machine(), "args": vars(args), "seconds": time.perf_counter() - started,
-           "results": results, "refusal_tally": tally(results),
-           "refusal_tally_confident_accepts_only": tally(results, "verdict_confident_only"), "history_rules": history,
+           "results": results, "refusal_tally": tally(results), "history_rules": history,
            "history_rule_wins": history_wins(history)}
     print("refusal rule:", out["refusal_tally"])
-    print("refusal rule, accepting only confident decisions:", out["refusal_tally_confident_accepts_only"])
     print("history rule wins (lowest calibrated held-out RMSE per case):", out["history_rule_wins"])
     if not args.quick:
         RESULT.parent.mkdir(parents=True, exist_ok=True)

@@ -196,7 +196,7 @@ class Session:
         rep = {}
         if report:
             rep = self._report(policy, ltc_plan, full_plan, teacher_plan, teacher_name, walk, w, x_full, x_ltc,
-                               objective, cost, isinstance(teacher, Plan))
+                               objective, cost)
         cost["total"] = sum(v for k, v in cost.items() if k != "held_out")
         from . import __version__
         skip = walk.skip
@@ -207,13 +207,10 @@ class Session:
                            cost=cost, report=rep, version=__version__)
 
     def _report(self, policy, ltc_plan, full_plan, teacher_plan, teacher_name, walk, w, x_full, x_ltc, objective,
-                cost, user_teacher: bool) -> dict:
+                cost) -> dict:
         before, walk_calls = self.calls, walk.calls
         base = policy.base or Full()
-        check = None  # the default teacher's own error: its distance to DPM-Solver++(2M) on a grid twice as fine
-        if not user_teacher:
-            check = self.compile(teacher_grid(self.schedule, teacher_plan.grid), DPMSolverPP(2), base)
-        args = (ltc_plan, teacher_plan, check, w, objective, policy.state, base)
+        args = (ltc_plan, teacher_plan, w, objective, policy.state, base)
         sets = {"calibration": self._rows(self.runners["calibration"], walk, x_full, x_ltc, *args)}
         self.walk_calls += walk.calls - walk_calls
         cost["report"] = self.calls - before
@@ -229,18 +226,14 @@ class Session:
         return {"teacher": teacher_name, "sets": sets, "decision": decide(sets["calibration"]),
                 "decisions": {name: decide(rows) for name, rows in sets.items()}}
 
-    def _rows(self, runner: Runner, walk: LTCWalk, x_full, x_ltc, ltc_plan, teacher_plan, check_plan, w, objective,
-              state, base) -> list[dict]:
+    def _rows(self, runner: Runner, walk: LTCWalk, x_full, x_ltc, ltc_plan, teacher_plan, w, objective, state,
+              base) -> list[dict]:
         """The report rows on one noise set (see :mod:`ltc.calibration_report`)."""
         grid, solver = self.grid, self.solver
         N, nfe = grid.steps, ltc_plan.nfe
         T = runner.run_plan(teacher_plan)
         name = solver.config()["name"]
-        rows = []
-        if check_plan is not None:
-            rows.append(row(f"dpmpp_2m {check_plan.steps} steps (teacher check)", "teacher_check", check_plan.nfe,
-                            runner.run_plan(check_plan), T, x_full))
-        rows.append(row(f"full {N} steps ({name})", "full", N, x_full, T, x_full))
+        rows = [row(f"full {N} steps ({name})", "full", N, x_full, T, x_full)]
         candidates = [(solver, name)]
         if solver.config() != DPMSolverPP(2).config():
             candidates.append((DPMSolverPP(2), "dpmpp_2m"))

@@ -15,12 +15,6 @@ Refusal rule (on the calibration noises): LTC is accepted only if
 i.e. it must beat the *best* plain sampler at equal model calls, judged against a teacher clearly
 more accurate than both.  The median keeps a few samples that flip to another mode from deciding;
 judging against the full-N run of the same sampler would only reward reproducing its error.
-
-Teacher check (default teacher only): the row "teacher check" is DPM-Solver++(2M) on a grid twice
-as fine as the teacher's; its median distance to the teacher estimates the teacher's own error e.
-A decision whose margin |median(LTC) - median(best plain)| is not above 2 e is marked
-*uncertain*: the teacher is then not clearly more accurate than the samplers it judges (this
-happens on flow grids, where DPM-Solver++(2M) with 2N steps can be no better than Euler with N).
 """
 from __future__ import annotations
 
@@ -38,32 +32,23 @@ def row(name: str, kind: str, nfe: int, x, teacher, full, spec: dict | None = No
 
 
 def decide(rows: list[dict]) -> dict:
-    """The refusal rule on one set of rows (see the module docstring), with the teacher check."""
+    """The refusal rule on one set of rows (see the module docstring)."""
     ltc = next(r for r in rows if r["kind"] == "ltc")
     plain = [r for r in rows if r["kind"] == "plain"]
     best = min(plain, key=lambda r: r["median"])
-    check = next((r for r in rows if r["kind"] == "teacher_check"), None)
-    teacher_error = None if check is None else check["median"]
-    margin = best["median"] - ltc["median"]
-    confident = teacher_error is None or abs(margin) > 2 * teacher_error
-    return {"accepted": bool(margin > 0), "confident": bool(confident), "teacher_error": teacher_error,
-            "ltc_median": ltc["median"], "best_plain_median": best["median"], "best_plain_name": best["name"],
-            "best_plain": best["spec"]}
+    accepted = ltc["median"] < best["median"]
+    return {"accepted": bool(accepted), "ltc_median": ltc["median"], "best_plain_median": best["median"],
+            "best_plain_name": best["name"], "best_plain": best["spec"]}
 
 
 def decision_line(decision: dict) -> str:
     if decision["accepted"]:
-        line = (f"LTC ACCEPTED: median distance to the teacher {decision['ltc_median']:.4g} < "
+        return (f"LTC ACCEPTED: median distance to the teacher {decision['ltc_median']:.4g} < "
                 f"{decision['best_plain_median']:.4g} of the best plain sampler at the same NFE "
                 f"({decision['best_plain_name']}).")
-    else:
-        line = (f"LTC REFUSED: median distance to the teacher {decision['ltc_median']:.4g} >= "
-                f"{decision['best_plain_median']:.4g} of the plain {decision['best_plain_name']} at the same NFE; "
-                f"use that plain plan instead ({decision['best_plain']}).")
-    if not decision.get("confident", True):
-        line += (f" UNCERTAIN: the teacher's own error (~{decision['teacher_error']:.3g}, its distance to a run "
-                 "twice as fine) is more than half the margin; calibrate again with a finer teacher= plan.")
-    return line
+    return (f"LTC REFUSED: median distance to the teacher {decision['ltc_median']:.4g} >= "
+            f"{decision['best_plain_median']:.4g} of the plain {decision['best_plain_name']} at the same NFE; "
+            f"use that plain plan instead ({decision['best_plain']}).")
 
 
 def _fmt(values, digits: int = 3) -> str:

@@ -180,7 +180,7 @@ def test_calibrate_says_plainly_when_ltc_is_refused(capsys):
 def test_report_rows_cover_the_equal_nfe_comparisons(vp_case):
     rep = vp_case[2].report
     names = [r["name"] for r in rep["sets"]["calibration"]]
-    assert names == ["dpmpp_2m 80 steps (teacher check)", "full 20 steps (ddim)", "ddim, 13 steps (own grid)", "ddim on the LTC grid (13 points)",
+    assert names == ["full 20 steps (ddim)", "ddim, 13 steps (own grid)", "ddim on the LTC grid (13 points)",
                      "dpmpp_2m, 13 steps (own grid)", "dpmpp_2m on the LTC grid (13 points)",
                      "LTC calibrated (step, state x)", "LTC w = 1"]
     assert [r["name"] for r in rep["sets"]["held_out"]] == names and rep["teacher"] == "dpmpp_2m 40 steps"
