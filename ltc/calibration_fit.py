@@ -144,6 +144,19 @@ class Session:
     def teacher_plan(self, base) -> Plan:
         return self.compile(teacher_grid(self.schedule, self.grid), DPMSolverPP(2), base)
 
+    def judge(self, objective, teacher, teacher_plan: Plan, teacher_name: str, base) -> tuple[Plan, str]:
+        """The plan the report measures against: the strong teacher, but never the endpoints that the
+        trajectory objective was fitted to (a fit to the teacher would look better than it is by the
+        teacher's own error).  Trajectory fits to the default teacher are judged by DPM-Solver++(2M)
+        on a grid twice as fine; fits to a user plan by the default teacher."""
+        if objective != "trajectory" or teacher == "full":
+            return teacher_plan, teacher_name
+        if isinstance(teacher, Plan):
+            plan = self.teacher_plan(base)
+        else:
+            plan = self.compile(teacher_grid(self.schedule, teacher_plan.grid), DPMSolverPP(2), base)
+        return plan, f"dpmpp_2m {plan.steps} steps, independent of the fit target"
+
     def calibrate(self, policy: LTC, *, objective="step", teacher="dpmpp_2m", clamp=(0.0, 10.0), ridge=1e-2,
                   max_iter=3, fd_step=None, report=True) -> Calibration:
         """One calibration of ``policy`` (see :func:`calibrate`); no printing."""
@@ -195,7 +208,8 @@ class Session:
             fit_info.update(info)
         rep = {}
         if report:
-            rep = self._report(policy, ltc_plan, full_plan, teacher_plan, teacher_name, walk, w, x_full, x_ltc,
+            judge, judge_name = self.judge(objective, teacher, teacher_plan, teacher_name, base)
+            rep = self._report(policy, ltc_plan, full_plan, judge, judge_name, walk, w, x_full, x_ltc,
                                objective, cost)
         cost["total"] = sum(v for k, v in cost.items() if k != "held_out")
         from . import __version__

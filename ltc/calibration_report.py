@@ -15,6 +15,10 @@ Refusal rule (on the calibration noises): LTC is accepted only if
 i.e. it must beat the *best* plain sampler at equal model calls, judged against a teacher clearly
 more accurate than both.  The median keeps a few samples that flip to another mode from deciding;
 judging against the full-N run of the same sampler would only reward reproducing its error.
+The judge must also be independent of what was fitted: a trajectory fit to the 2N teacher is
+judged by DPM-Solver++(2M) with 4N steps (:meth:`ltc.calibration_fit.Session.judge`), because
+it would otherwise look better than it is by the teacher's own error (on flow grids, where
+DPM-Solver++(2M) with 2N steps can be no better than Euler with N, that made false accepts).
 """
 from __future__ import annotations
 
