@@ -55,7 +55,7 @@ def capture(dim: int, batch: int, shape: tuple, steps: int) -> list:
     store: list = []
     session = Session(model, schedule, sampler="ddim", steps=steps, noise=noise)
     session.ops = recording_ops(store)          # the fit walk's step ops
-    session.calibrate(LTC(), report=False)
+    session.calibrate(LTC(state="x"), report=False)
     return store
 
 

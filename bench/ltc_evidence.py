@@ -215,7 +215,8 @@ def history_study(model, schedule, sampler_name, N, cal_noise, held, exact) -> d
         x1, _ = history_walk(model, grid, sampler, skips, rule, held, weights=[1.0] * len(skips))
         out[rule] = {"calibrated": errors(x, exact), "w1": errors(x1, exact), "weights": w}
     # the library's walk must equal the first rule with the same weights
-    lib = draw(model, schedule, LTC(weights=out["implied_first_order"]["weights"]), sampler_name, N, held)
+    lib = draw(model, schedule, LTC(state="x", weights=out["implied_first_order"]["weights"]), sampler_name, N,
+               held)
     mine, _ = history_walk(model, grid, sampler, skips, "implied_first_order", held,
                            weights=out["implied_first_order"]["weights"])
     out["library_matches_first_rule"] = float((lib - mine).abs().max())

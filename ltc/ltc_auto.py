@@ -49,7 +49,7 @@ class AutoChoice:
         return sample(model_fns, self.schedule, self.policy, sampler=self.sampler, steps=self.steps, **kwargs)
 
 
-def candidate_structures(coherence: np.ndarray, steps: int, skips: int, everies, *, state: str = "x") -> list:
+def candidate_structures(coherence: np.ndarray, steps: int, skips: int, everies, *, state: str = "x0") -> list:
     """``(score, start, end, every)`` of every interval with exactly ``skips`` extrapolations, best first."""
     out = []
     first = 2 if state == "x0" else 1
@@ -77,7 +77,7 @@ def _plain_choice(schedule, grid, spec: dict):
 
 def auto(model_fns, schedule: Schedule, *, steps: int, nfe: int | None = None, speedup: float | None = None,
          sampler="dpmpp_2m", noise=None, shape=None, generator=None, held_out=None, held_out_kwargs=None,
-         everies=(2, 3, 4), candidates: int = 3, progress: str = "sigma", state: str = "x", base=None,
+         everies=(2, 3, 4), candidates: int = 3, progress: str = "sigma", state: str = "x0", base=None,
          objective: str = "step", teacher="dpmpp_2m", clamp=(0.0, 10.0), model_kwargs=None,
          guidance_scale=None, prediction=None, dtype=None, device=None, backend=None,
          verbose: bool = True) -> AutoChoice:

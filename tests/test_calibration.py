@@ -55,7 +55,7 @@ def held_out_error(model, schedule, sampler, policy, exact, steps=N):
 def vp_case():
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
     exact = exact_endpoint(gm, HELD, VP.discretize(N), steps=400)
-    step = quiet_calibrate(gm, VP, LTC(), sampler="ddim", steps=N, noise=CAL, held_out=HELD)
+    step = quiet_calibrate(gm, VP, LTC(state="x"), sampler="ddim", steps=N, noise=CAL, held_out=HELD)
     return gm, exact, step
 
 
@@ -63,8 +63,8 @@ def vp_case():
 def flow_case():
     gm = GaussianMixture.random(FLOW3, dim=DIM, seed=0)
     exact = exact_endpoint(gm, HELD, FLOW3.discretize(N), steps=400)
-    step = quiet_calibrate(gm, FLOW3, LTC(), sampler="euler", steps=N, noise=CAL, report=False)
-    traj = quiet_calibrate(gm, FLOW3, LTC(), sampler="euler", steps=N, noise=CAL, objective="trajectory",
+    step = quiet_calibrate(gm, FLOW3, LTC(state="x"), sampler="euler", steps=N, noise=CAL, report=False)
+    traj = quiet_calibrate(gm, FLOW3, LTC(state="x"), sampler="euler", steps=N, noise=CAL, objective="trajectory",
                            report=False)
     return gm, exact, step, traj
 
@@ -91,7 +91,7 @@ def test_closed_form_weight_equals_the_brute_force_minimiser(vp_case):
 def test_weights_are_one_and_the_fit_exact_for_a_trajectory_linear_in_sigma():
     c = torch.linspace(-1, 1, DIM, dtype=torch.float64)
     const = ltc.Model(lambda x, t: c.expand_as(x).clone(), "x0", "constant")
-    cal = quiet_calibrate(const, FLOW3, LTC(), sampler="euler", steps=N, noise=CAL, report=False)
+    cal = quiet_calibrate(const, FLOW3, LTC(state="x"), sampler="euler", steps=N, noise=CAL, report=False)
     np.testing.assert_allclose(cal.weights, 1.0, rtol=0, atol=1e-9)
     np.testing.assert_allclose(cal.w_std, 0.0, atol=1e-6)
     assert np.all(cal.residual < 1e-20)
@@ -100,7 +100,7 @@ def test_weights_are_one_and_the_fit_exact_for_a_trajectory_linear_in_sigma():
 
 def test_weights_are_clamped_to_the_range():
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
-    cal = quiet_calibrate(gm, VP, LTC(), sampler="ddim", steps=N, noise=CAL, clamp=(0.95, 0.97), report=False)
+    cal = quiet_calibrate(gm, VP, LTC(state="x"), sampler="ddim", steps=N, noise=CAL, clamp=(0.95, 0.97), report=False)
     assert np.all((cal.weights >= 0.95) & (cal.weights <= 0.97)) and np.any(cal.weights == 0.95)
 
 
@@ -173,7 +173,7 @@ def test_refusal_rule_rejects_ltc_that_loses_to_the_best_plain_sampler(vp_case):
 def test_calibrate_says_plainly_when_ltc_is_refused(capsys):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
     with pytest.warns(UserWarning, match="LTC REFUSED"):
-        ltc.calibrate(gm, VP, LTC(), sampler="ddim", steps=N, noise=CAL[:8], clamp=(0.0, 0.0))
+        ltc.calibrate(gm, VP, LTC(state="x"), sampler="ddim", steps=N, noise=CAL[:8], clamp=(0.0, 0.0))
     assert "LTC REFUSED" in capsys.readouterr().out
 
 
@@ -209,7 +209,7 @@ def test_a_calibration_for_another_plan_is_a_clear_error(vp_case, tmp_path):
                    noise=HELD, progress=False)
     path = tmp_path / "cal.safetensors"
     cal.save(path)
-    other = compile_plan(VP.discretize(N), DDIM(), LTC(every=3), ["x0"])
+    other = compile_plan(VP.discretize(N), DDIM(), LTC(state="x", every=3), ["x0"])
     with pytest.raises(ValueError, match="extrapolated steps"):
         ltc.Calibration.load(path, plan=other)
     with pytest.raises(ValueError, match="not LTC"):

@@ -74,7 +74,7 @@ def test_interval_fractions_and_indices_give_the_same_plan():
 def test_extrapolated_step_is_x_plus_w_gamma_times_the_last_transition():
     grid, w = VP.discretize(20), 0.7
     states = []
-    x, info = draw(GaussianMixture.random(VP, dim=8, seed=1), LTC(weights=w),
+    x, info = draw(GaussianMixture.random(VP, dim=8, seed=1), LTC(state="x", weights=w),
                    callback=lambda d: states.append(d["x"].clone()))
     sigma = grid.sigma
     states = [noise()] + states
@@ -102,7 +102,7 @@ def test_state_x_is_exact_for_a_trajectory_linear_in_sigma():
     c = torch.linspace(-1, 1, 8, dtype=torch.float64)
     model = Counting(lambda x, t: c.expand_as(x).clone())
     full, _ = draw(model, Full(), schedule=FLOW, sampler="euler")
-    fast, info = draw(model, LTC(), schedule=FLOW, sampler="euler")
+    fast, info = draw(model, LTC(state="x"), schedule=FLOW, sampler="euler")
     assert info.nfe == 13
     torch.testing.assert_close(fast, full, rtol=0, atol=1e-12)
 
@@ -226,7 +226,7 @@ def test_bad_constructor_arguments_are_clear_errors(kwargs, match):
     (LTC(skip=[3, 25]), "outside the 20 steps"),
     (LTC(weights=[1.0, 1.0]), "2 weights but the plan extrapolates 7"),
     (LTC(state="x0", skip=[1, 5]), "too early"),
-    (LTC(progress="lambda", skip=[5, 19]), "progress 'lambda' is not finite"),
+    (LTC(state="x", progress="lambda", skip=[5, 19]), "progress 'lambda' is not finite"),
 ])
 def test_plans_the_policy_cannot_make_are_clear_errors(policy, match):
     with pytest.raises(ValueError, match=match):
