@@ -10,8 +10,15 @@ def main(argv=None) -> int:
     demo = sub.add_parser("demo", help="run the demo on the models shipped in the package (CPU, about a minute)")
     demo.add_argument("--oracle", action="store_true", help="only the exact-oracle sampler table")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    demo.add_argument("--out", default="demo_out", help="folder for the PNG sample grid and trade-off plot")
+    demo.add_argument("--recalibrate", action="store_true",
+                      help="re-run ltc.calibrate for the demo's LTC plans and overwrite the shipped calibration files")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from . import demo_oracle
-        demo_oracle.main(progress=not args.no_progress)
+        if args.oracle:
+            from . import demo_oracle
+            demo_oracle.main(progress=not args.no_progress)
+        else:
+            from . import demo_zoo
+            demo_zoo.main(out_dir=args.out, progress=not args.no_progress, recalibrate=args.recalibrate)
     return 0
