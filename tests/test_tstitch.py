@@ -147,3 +147,17 @@ def test_probe_cuts_batched_kwargs_to_one_sample_also_under_guidance():
     seen.clear()
     check_compatible(models, x, 999.0, {"y": torch.tensor([10] * 4 + [5, 6, 7, 8])}, cfg=True)
     assert seen == [(2, 2, [10, 5], torch.float32)] * 2
+
+
+def test_composed_with_ltc_the_mismatch_is_still_refused_before_sampling():
+    small, large = Counting("small"), Counting("large", out_shape=(4, 2))
+    with pytest.raises(ValueError, match="'large' returned shape"):
+        run([small, large], TStitch(0.5) | ltc.policies.LTC(), steps=8)
+    assert not small.times and not large.times
+
+
+def test_the_probe_runs_once_per_model_set_and_shape():
+    small, large = Counting("small"), Counting("large")
+    for _ in range(3):
+        run([small, large], TStitch(0.5), steps=4)
+    assert small.probes == 1 and large.probes == 1

@@ -297,6 +297,12 @@ class LTC(Policy):
                              "calls a model at every step")
         return base
 
+    def check_models(self, models, x, t, model_kwargs=None, *, cfg: bool = False) -> None:
+        """The base policy's pre-sampling model check (e.g. T-Stitch's compatibility probe), if any."""
+        hook = getattr(self.base, "check_models", None)
+        if hook is not None:
+            hook(models, x, t, model_kwargs, cfg=cfg)
+
     def calibration_key(self, grid, sampler) -> str:
         """What a calibration of this policy on (grid, sampler) is valid for (:func:`calibration_key`)."""
         return calibration_key(grid, sampler.config(), self.extrapolated_steps(grid.steps), self.progress,

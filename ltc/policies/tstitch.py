@@ -107,8 +107,20 @@ class TStitch(Policy):
         return [int(np.searchsorted(models, k, side="left")) for k in range(len(self.fractions) + 1)]
 
     def check_models(self, models, x, t, model_kwargs=None, *, cfg: bool = False) -> None:
-        """Hook for :func:`ltc.sample`: :func:`check_compatible` before sampling starts."""
+        """Hook for :func:`ltc.sample`: :func:`check_compatible` before sampling starts, once per
+        (model functions, sample shape, dtype, device, cfg): the probe calls are not repeated on
+        every call with the same models (they would eat the speed-up at small batch)."""
+        key = (tuple((id(getattr(m, "fn", m)), getattr(m, "prediction", None)) for m in models),
+               tuple(x.shape[1:]), x.dtype, str(x.device), cfg)
+        if key in _CHECKED:
+            return
         check_compatible(models, x, t, model_kwargs, cfg=cfg)
+        _CHECKED[key] = True
+        if len(_CHECKED) > 64:
+            _CHECKED.pop(next(iter(_CHECKED)))
+
+
+_CHECKED: dict = {}  # keys of model sets already found compatible (insertion-ordered, bounded)
 
 
 def _probe_kwargs(kwargs: dict, batch: int, cfg: bool) -> dict:
