@@ -19,6 +19,7 @@ coherence curves, and a comparison of history rules for multistep solvers after 
 
     python bench/ltc_evidence.py            # writes bench/results/ltc_evidence.json (~15 min, 1 thread)
     python bench/ltc_evidence.py --quick    # small smoke run, prints only
+    python bench/ltc_evidence.py --table    # the README table, from the results file
 """
 from __future__ import annotations
 
@@ -247,6 +248,32 @@ def print_case(oracle_name, setting, case):
               f"{v['w1']['rmse']:.4f}  calls {v['cost_calls']:5d}  {v['verdict']}")
 
 
+PLAIN_NAMES = {"plain_own": "same sampler", "plain_ltc_grid": "same sampler, LTC grid",
+               "dpmpp_2m_own": "DPM++2M", "dpmpp_2m_ltc_grid": "DPM++2M, LTC grid"}
+
+
+def markdown(data: dict) -> str:
+    """The README table: held-out endpoint RMSE against the exact endpoint; bold: below the best plain
+    sampler at equal NFE; †: accepted by the refusal rule (judged on the calibration noises)."""
+    lines = ["| oracle | setting | N | NFE | full N | best plain at NFE | LTC step x | LTC step x0 | LTC traj x | "
+             "LTC traj x0 | LTC w=1 x0 | calls step / traj (x0) |", "|" + "---|" * 12]
+    for r in data["results"]:
+        for c in r["cases"]:
+            p = c["plain"]
+            best = min((k for k in p if k != "full"), key=lambda k: p[k]["rmse"])
+            v = {(e["objective"], e["state"]): e for e in c["ltc"]}
+
+            def cell(o, s):
+                e = v[(o, s)]
+                mark = "**" if e["calibrated"]["rmse"] < p[best]["rmse"] else ""
+                return f"{mark}{e['calibrated']['rmse']:.4f}{mark}{' †' if e['accepted'] else ''}"
+            lines.append(f"| {r['oracle']} | {r['setting']} | {c['N']} | {c['nfe']} | {p['full']['rmse']:.4f} | "
+                         f"{p[best]['rmse']:.4f} ({PLAIN_NAMES[best]}) | {cell('step', 'x')} | {cell('step', 'x0')} | "
+                         f"{cell('trajectory', 'x')} | {cell('trajectory', 'x0')} | {v[('step', 'x0')]['w1']['rmse']:.4f} | "
+                         f"{v[('step', 'x0')]['cost_calls']} / {v[('trajectory', 'x0')]['cost_calls']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small dims and batches, N in {10, 20}; prints only")
@@ -256,7 +283,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--rk4", type=int, default=2000, help="RK4 steps of the exact endpoint")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table", action="store_true", help="print the README table from the results file")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(RESULT.read_text())))
+        return
     if args.quick:
         args.dim, args.calibration, args.held_out, args.steps, args.rk4 = 16, 16, 32, [10, 20], 400
     torch.set_num_threads(args.threads)
