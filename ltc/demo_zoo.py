@@ -82,8 +82,8 @@ def run(steps: int = 20, batch: int = 50, fraction: float = 0.4, guidance: float
         return policy.replace(weights=cal), cal
 
     stitch = TStitch([fraction])
-    ltc_policy, ltc_cal = calibrated("demo_ltc", large, LTC())
-    both_policy, both_cal = calibrated("demo_tstitch_ltc", [small, large], stitch | LTC())
+    ltc_policy, ltc_cal = calibrated("demo_ltc", large, LTC(state="x"))  # the shipped files use state x
+    both_policy, both_cal = calibrated("demo_tstitch_ltc", [small, large], stitch | LTC(state="x"))
     setups = [("full", [small, large], Full(), steps),
               ("LTC (calibrated)", [small, large], ltc_policy, steps),
               (f"T-Stitch {fraction:.0%} small", [small, large], stitch, steps),
