@@ -17,8 +17,10 @@ from .schedule import Schedule
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_noise(noise, shape, generator, dtype, device):
-    """The initial state ``[B, *S]``: ``noise`` as given, or drawn from ``generator``."""
+def initial_state(noise, shape, generator, dtype, device):
+    """The validated initial state ``[B, *S]``: ``noise`` as given, or drawn with ``shape`` from
+    ``generator`` (``dtype`` default float32, ``device`` default CPU).  Shared by :func:`sample`
+    and :func:`ltc.calibrate` so both accept and refuse the same inputs."""
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -127,7 +129,7 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
         raise ValueError(f"sampler {solver!r} draws noise every step: pass generator= for reproducible samples")
     plan = _cached_plan(schedule, steps, solver, policy, tuple(m.prediction for m in models), guidance_scale)
     grid = plan.grid
-    x_init = _check_noise(noise, shape, generator, dtype, device)
+    x_init = initial_state(noise, shape, generator, dtype, device)
     backend_name, backend_ops = ops.resolve(backend, x_init.device)
     graphs.check_option(graph, x_init.device, callback, check_finite)
     check_models = getattr(policy, "check_models", None)  # e.g. TStitch: models agree, before sampling

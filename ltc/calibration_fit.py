@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import ops
-from .api import _check_noise
+from .api import initial_state
 from .calibration import Calibration
 from .calibration_report import decide, decision_line, row
 from .calibration_runs import Runner, evaluated_grid, teacher_grid
@@ -116,7 +116,7 @@ class Session:
             guidance_scale = float(guidance_scale)
         self.guidance = guidance_scale
         self.grid = schedule.discretize(steps)
-        self.x0 = _check_noise(noise, shape, generator, dtype, device)
+        self.x0 = initial_state(noise, shape, generator, dtype, device)
         self.held_out = _check_held_out(held_out, self.x0)
         _, self.ops = ops.resolve(backend, self.x0.device)
         self.kwargs, self.held_kwargs = model_kwargs, held_out_kwargs
