@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import write_result  # noqa: E402
 
-from ltc import ops, ops_reference  # noqa: E402
+from ltc import ops  # noqa: E402
 from ltc.plan import NCOLS, compile_plan  # noqa: E402
 from ltc.policies import Full  # noqa: E402
 from ltc.samplers import get_sampler  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import ops
-from .api import initial_state
+from .arguments import initial_state, sampling_arguments
 from .calibration import Calibration
 from .calibration_report import decide, decision_line, row
 from .calibration_runs import Runner, evaluated_grid, teacher_grid
@@ -30,7 +30,7 @@ from .ltc_walk import LTCWalk
 from .models import as_models
 from .plan import Plan, compile_plan
 from .policies import Full, LTC
-from .samplers import DPMSolverPP, get_sampler
+from .samplers import DPMSolverPP
 from .schedule import Schedule
 from .trajectory_fit import fit_trajectory
 
@@ -106,15 +106,8 @@ class Session:
                  held_out=None, held_out_kwargs=None, model_kwargs=None, guidance_scale=None, prediction=None,
                  dtype=None, device=None, backend=None):
         self.models = as_models(model_fns, prediction)
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be an ltc.Schedule, got {type(schedule).__name__}")
-        self.schedule, self.solver = schedule, get_sampler(sampler)
-        if guidance_scale is not None:
-            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                    or not math.isfinite(guidance_scale):
-                raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
-            guidance_scale = float(guidance_scale)
-        self.guidance = guidance_scale
+        _, self.solver, self.guidance = sampling_arguments(schedule, None, sampler, guidance_scale)
+        self.schedule = schedule
         self.grid = schedule.discretize(steps)
         self.x0 = initial_state(noise, shape, generator, dtype, device)
         self.held_out = _check_held_out(held_out, self.x0)

@@ -53,11 +53,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import __version__
-from .api import FLOAT_DTYPES, sample
+from .api import sample
+from .arguments import FLOAT_DTYPES, sampling_arguments
 from .models import as_models
 from .plan import compile_plan, fingerprint_of
-from .policies import Full, Policy
-from .samplers import get_sampler
+from .policies import Policy
 from .schedule import Schedule
 
 SHARD_FORMAT = "ltc-generate-shard"
@@ -232,12 +232,7 @@ def generate(model_fns, schedule: Schedule, policy: Policy | None = None, *, out
         progress: a tqdm bar on rank 0 (shards present in ``out_dir`` / total).
     """
     models = as_models(model_fns, prediction)
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be an ltc.Schedule, got {type(schedule).__name__}")
-    policy = Full() if policy is None else policy
-    if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}")
-    solver = get_sampler(sampler)
+    policy, solver, guidance_scale = sampling_arguments(schedule, policy, sampler, guidance_scale)
     num_samples = _positive_int("num_samples", num_samples)
     shard_size = _positive_int("shard_size", shard_size)
     if isinstance(seed, bool) or not isinstance(seed, int):

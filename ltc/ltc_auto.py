@@ -16,7 +16,6 @@ Rule.  With N steps and a requested NFE, K = N - NFE steps must be extrapolated.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

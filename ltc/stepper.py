@@ -30,7 +30,6 @@ sees the models, so checks that need them (T-Stitch's compatibility probe, which
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -38,12 +37,11 @@ import torch
 
 from . import ops
 from . import predictions as P
-from .api import FLOAT_DTYPES
+from .arguments import FLOAT_DTYPES, check_generator, sampling_arguments
 from .executor import CHECK_FINITE, NonFiniteError, _nonfinite_message, advance, compute_dtype
 from .models import Model, check_output
 from .plan import EXTRAPOLATE, HISTORY_SLOTS, Plan, compile_plan
-from .policies import Full, Policy
-from .samplers import get_sampler
+from .policies import Policy
 from .schedule import Schedule
 
 
@@ -110,18 +108,8 @@ class Stepper:
                  steps: int | None = None, noise: torch.Tensor, predictions,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,
                  backend: str | None = None, check_finite: str = "auto"):
-        if not isinstance(schedule, Schedule):
-            raise TypeError(f"schedule must be an ltc.Schedule, got {type(schedule).__name__}")
-        policy = Full() if policy is None else policy
-        if not isinstance(policy, Policy):
-            raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}")
-        solver = get_sampler(sampler)
+        policy, solver, guidance_scale = sampling_arguments(schedule, policy, sampler, guidance_scale)
         preds = _prediction_names(predictions)
-        if guidance_scale is not None:
-            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                    or not math.isfinite(guidance_scale):
-                raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
-            guidance_scale = float(guidance_scale)
         if not isinstance(noise, torch.Tensor):
             raise TypeError(f"noise must be a torch.Tensor [B, *S], got {type(noise).__name__}")
         if noise.dtype not in FLOAT_DTYPES:
@@ -130,10 +118,7 @@ class Stepper:
             raise ValueError(f"noise must be [B, *S] with at least 2 dims, got shape {tuple(noise.shape)}")
         if check_finite not in CHECK_FINITE:
             raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        if solver.stochastic and generator is None:
-            raise ValueError(f"sampler {solver!r} draws noise every step: pass generator= for reproducible samples")
+        check_generator(generator, solver)
 
         self.plan: Plan = compile_plan(schedule.discretize(steps), solver, policy, preds, guidance_scale)
         self.backend, self._ops = ops.resolve(backend, noise.device)
