@@ -31,9 +31,9 @@ import os
 
 import torch
 
+from .op_checks import readable, tensor, writable
 from .plan import NCOLS
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _BUILD_HINT = ("build it with `LTC_BUILD_CUDA=1 pip install --no-build-isolation -e .` (needs a CUDA "
                "toolkit and a CUDA build of torch), or set LTC_CUDA_JIT=1 to compile csrc/ on import")
 
@@ -78,17 +78,9 @@ def _require(name: str) -> None:
 
 # ---------------------------------------------------------------- argument checks
 
-def _tensor(name: str, t, dtypes=FLOAT_DTYPES) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        raise TypeError(f"{name} must have a dtype in {dtypes}, got {t.dtype}")
-    return t
-
-
 def _like(name: str, t, x: torch.Tensor, shape=None) -> torch.Tensor:
     """A tensor of x's storage dtype and ``shape`` (default x's)."""
-    _tensor(name, t)
+    tensor(name, t)
     if t.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}: the cuda backend needs one "
                         "storage dtype for all state tensors")
@@ -98,33 +90,22 @@ def _like(name: str, t, x: torch.Tensor, shape=None) -> torch.Tensor:
     return t
 
 
-def _writable(name: str, t: torch.Tensor) -> torch.Tensor:
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (it is written in place); got strides {t.stride()} "
-                         f"for shape {tuple(t.shape)}")
-    return t
-
-
-def _readable(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
-
-
 def _hist(hist, x: torch.Tensor) -> torch.Tensor:
-    _tensor("hist", hist)
+    tensor("hist", hist)
     if hist.dim() != x.dim() + 1 or hist.shape[0] < 1:
         raise ValueError(f"hist must be [H, *x.shape] = [H, {', '.join(map(str, x.shape))}], "
                          f"got shape {tuple(hist.shape)}")
-    return _writable("hist", _like("hist", hist, x, (hist.shape[0], *x.shape)))
+    return writable("hist", _like("hist", hist, x, (hist.shape[0], *x.shape)))
 
 
 def _coefs(coefs, x: torch.Tensor) -> torch.Tensor:
-    _tensor("coefs", coefs, (torch.float32, torch.float64))
+    tensor("coefs", coefs, (torch.float32, torch.float64))
     if coefs.dim() != 2 or coefs.shape[1] != NCOLS or coefs.shape[0] < 1:
         raise ValueError(f"coefs must be the plan's [N, {NCOLS}] table, got shape {tuple(coefs.shape)}")
     want = torch.float64 if x.dtype == torch.float64 else torch.float32
     if coefs.dtype != want:
         raise TypeError(f"coefs must have dtype {want} (the compute dtype of {x.dtype} storage), got {coefs.dtype}")
-    return _readable(coefs)
+    return readable(coefs)
 
 
 def _reads(reads, hist: torch.Tensor) -> int:
@@ -172,21 +153,21 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
         m = m_u + G (m_c - m_u);  D_i = PX x + PM m;
         out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
     """
-    _tensor("x", x)
+    tensor("x", x)
     if not isinstance(cfg, bool):
         raise TypeError(f"cfg must be a bool, got {type(cfg).__name__}")
     _like("model_out", model_out, x, (x.shape[0] * (2 if cfg else 1), *x.shape[1:]))
     hist = _hist(hist, x)
     coefs = _coefs(coefs, x)
     step_tensor, step_index = _step(step, coefs)
-    _writable("out", _like("out", out, x))
+    writable("out", _like("out", out, x))
     if noise is not None:
         _like("noise", noise, x)
     reads = _reads(reads, hist)
     _on_cuda(x=x, model_out=model_out, hist=hist, coefs=coefs, out=out, noise=noise)
     _require("model_step")
-    torch.ops.ltc_cuda.model_step(_readable(x), _readable(model_out), hist, coefs, step_tensor, step_index, out,
-                                  reads, cfg, None if noise is None else _readable(noise))
+    torch.ops.ltc_cuda.model_step(readable(x), readable(model_out), hist, coefs, step_tensor, step_index, out,
+                                  reads, cfg, None if noise is None else readable(noise))
 
 
 def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
@@ -195,30 +176,30 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
 
         out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};   hist[i % H] = IN out + IC x
     """
-    _tensor("x", x)
+    tensor("x", x)
     _like("x_prev", x_prev, x)
     hist = _hist(hist, x)
     coefs = _coefs(coefs, x)
     step_tensor, step_index = _step(step, coefs)
-    _writable("out", _like("out", out, x))
+    writable("out", _like("out", out, x))
     reads = _reads(reads, hist)
     _on_cuda(x=x, x_prev=x_prev, hist=hist, coefs=coefs, out=out)
     _require("extrapolate_step")
-    torch.ops.ltc_cuda.extrapolate_step(_readable(x), _readable(x_prev), hist, coefs, step_tensor, step_index,
+    torch.ops.ltc_cuda.extrapolate_step(readable(x), readable(x_prev), hist, coefs, step_tensor, step_index,
                                         out, reads)
 
 
 def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
     """Per-sample ``[<d, r>, <d, d>]``, ``d = x - x_prev``, ``r = x_target - x``: ``[B, 2]`` float32
     (float64 for float64 storage), deterministic (fixed two-pass reduction order, no atomics)."""
-    _tensor("x", x)
+    tensor("x", x)
     _like("x_prev", x_prev, x)
     _like("x_target", x_target, x)
     if x.dim() < 1:
         raise ValueError("x must be [B, *S] with at least one dim, got a 0-d tensor")
     _on_cuda(x=x, x_prev=x_prev, x_target=x_target)
     _require("transition_dots")
-    return torch.ops.ltc_cuda.transition_dots(_readable(x), _readable(x_prev), _readable(x_target))
+    return torch.ops.ltc_cuda.transition_dots(readable(x), readable(x_prev), readable(x_target))
 
 
 __all__ = ["AVAILABLE", "UNAVAILABLE_REASON", "model_step", "extrapolate_step", "transition_dots"]
