@@ -20,13 +20,12 @@ semantics they implement exactly):
 from __future__ import annotations
 
 import functools
-import numbers
 
 import torch
 import triton
 import triton.language as tl
 
-from ltc.op_checks import readable, shape, tensor, writable  # noqa: F401 (the kernels call them as launch.*)
+from ltc.op_checks import is_int, readable, reads_of, shape, step_of, tensor, writable  # noqa: F401 (the kernels call them as launch.*)
 from ltc.plan import NCOLS
 
 COEF_DTYPES = (torch.float32, torch.float64)
@@ -40,36 +39,6 @@ def coefficients(coefs) -> torch.Tensor:
     if coefs.dim() != 2 or coefs.shape[1] != NCOLS or coefs.shape[0] < 1:
         raise ValueError(f"coefs must be the plan's [N, {NCOLS}] table, got shape {tuple(coefs.shape)}")
     return coefs
-
-
-def is_int(v) -> bool:
-    """A Python or numpy integer, not a bool (``type is int`` first: the ABC check is slow)."""
-    return type(v) is int or (not isinstance(v, bool) and isinstance(v, numbers.Integral))
-
-
-def reads_of(reads, hist_slots: int) -> int:
-    if not is_int(reads) or reads not in (0, 1, 2):
-        raise ValueError(f"reads must be 0, 1 or 2, got {reads!r}")
-    if hist_slots <= reads:
-        raise ValueError(f"hist has {hist_slots} slot(s) but the step reads {reads} past clean "
-                         f"estimate(s): need at least {reads + 1} slots")
-    return int(reads)
-
-
-def step_of(step, coefs: torch.Tensor) -> int | torch.Tensor:
-    """The checked step: a Python int, or the 0-d integer tensor as given."""
-    if isinstance(step, torch.Tensor):
-        if step.dim() != 0 or step.dtype.is_floating_point or step.dtype.is_complex or step.dtype == torch.bool:
-            raise TypeError(f"step must be an int or a 0-d integer tensor, got a {step.dtype} tensor "
-                            f"of shape {tuple(step.shape)}")
-        if step.device != coefs.device:
-            raise ValueError(f"step is on {step.device} but coefs is on {coefs.device}")
-        return step
-    if not is_int(step):
-        raise TypeError(f"step must be an int or a 0-d integer tensor, got {type(step).__name__}")
-    if not 0 <= step < coefs.shape[0]:
-        raise ValueError(f"step must be in [0, {coefs.shape[0]}) (rows of coefs), got {step}")
-    return int(step)
 
 
 def same_device(kernel, **tensors) -> torch.device:

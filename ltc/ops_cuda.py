@@ -26,12 +26,11 @@ a 0-d integer tensor on the device, read inside the kernel (graph replay); a dev
 from __future__ import annotations
 
 import importlib
-import numbers
 import os
 
 import torch
 
-from .op_checks import readable, tensor, writable
+from .op_checks import readable, reads_of, step_of, tensor, writable
 from .plan import NCOLS
 
 _BUILD_HINT = ("build it with `LTC_BUILD_CUDA=1 pip install --no-build-isolation -e .` (needs a CUDA "
@@ -108,29 +107,12 @@ def _coefs(coefs, x: torch.Tensor) -> torch.Tensor:
     return readable(coefs)
 
 
-def _reads(reads, hist: torch.Tensor) -> int:
-    if isinstance(reads, bool) or not isinstance(reads, numbers.Integral) or reads not in (0, 1, 2):
-        raise ValueError(f"reads must be 0, 1 or 2, got {reads!r}")
-    if hist.shape[0] <= reads:
-        raise ValueError(f"hist has {hist.shape[0]} slot(s) but the step reads {reads} past clean "
-                         f"estimate(s): need at least {reads + 1} slots")
-    return int(reads)
-
-
 def _step(step, coefs: torch.Tensor) -> tuple[torch.Tensor | None, int]:
     """``(tensor, 0)`` for a 0-d device tensor (int32/int64 read in-kernel), ``(None, i)`` for an int."""
+    step = step_of(step, coefs)
     if isinstance(step, torch.Tensor):
-        if step.dim() != 0 or step.dtype.is_floating_point or step.dtype.is_complex or step.dtype == torch.bool:
-            raise TypeError(f"step must be an int or a 0-d integer tensor, got a {step.dtype} tensor "
-                            f"of shape {tuple(step.shape)}")
-        if step.device != coefs.device:
-            raise ValueError(f"step is on {step.device} but coefs is on {coefs.device}")
         return (step if step.dtype in (torch.int32, torch.int64) else step.to(torch.int64)), 0
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-        raise TypeError(f"step must be an int or a 0-d integer tensor, got {type(step).__name__}")
-    if not 0 <= step < coefs.shape[0]:
-        raise ValueError(f"step must be in [0, {coefs.shape[0]}) (rows of coefs), got {step}")
-    return None, int(step)
+    return None, step
 
 
 def _on_cuda(**tensors) -> None:
@@ -163,7 +145,7 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
     writable("out", _like("out", out, x))
     if noise is not None:
         _like("noise", noise, x)
-    reads = _reads(reads, hist)
+    reads = reads_of(reads, hist.shape[0])
     _on_cuda(x=x, model_out=model_out, hist=hist, coefs=coefs, out=out, noise=noise)
     _require("model_step")
     torch.ops.ltc_cuda.model_step(readable(x), readable(model_out), hist, coefs, step_tensor, step_index, out,
@@ -182,7 +164,7 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
     coefs = _coefs(coefs, x)
     step_tensor, step_index = _step(step, coefs)
     writable("out", _like("out", out, x))
-    reads = _reads(reads, hist)
+    reads = reads_of(reads, hist.shape[0])
     _on_cuda(x=x, x_prev=x_prev, hist=hist, coefs=coefs, out=out)
     _require("extrapolate_step")
     torch.ops.ltc_cuda.extrapolate_step(readable(x), readable(x_prev), hist, coefs, step_tensor, step_index,

@@ -17,3 +17,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(no_cuda)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one thread: for tiny tensors and networks, thread start-up
+    dominates and the CI machine's two cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

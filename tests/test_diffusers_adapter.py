@@ -46,13 +46,7 @@ ORACLE_CASES = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny networks run fastest on one thread (thread start-up dominates their small ops)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster
 
 
 def diffusers_loop(scheduler, model, latents, steps, *, eta=None, generator=None, guidance_scale=None):

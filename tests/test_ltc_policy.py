@@ -14,13 +14,7 @@ VP = ltc.Schedule.vp("scaled_linear", spacing="trailing")
 FLOW = ltc.Schedule.flow(3.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: one thread is faster, and the CI machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small tensors: one thread is faster
 
 
 class Counting:
