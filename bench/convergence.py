@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ltc  # noqa: E402
 from _env import write_result  # noqa: E402
-from ltc.oracles import GaussianMixture, exact_endpoint, rmse  # noqa: E402
+from ltc.zoo.oracles import GaussianMixture, exact_endpoint, rmse  # noqa: E402
 from ltc.samplers import DDIM, DPMSolverPP, Euler  # noqa: E402
 
 STEPS = [8, 16, 32, 64]

@@ -1,6 +1,6 @@
 """CUDA-graph executor on DiT: sampler overhead, realised policy speed-ups, capture and compile times.
 
-Setting: DiT-S/2 and DiT-XL/2 (:mod:`ltc.reference_nets`, random weights) in bf16 on 32x32x4
+Setting: DiT-S/2 and DiT-XL/2 (:mod:`ltc.zoo.reference_nets`, random weights) in bf16 on 32x32x4
 latents, batch 1 and 8, 50 steps of DPM-Solver++(2M) on DiT's linear VP schedule, classifier-free
 guidance 4.0 (one model call on 2B rows per step).  Timed with CUDA events after warm-up; medians
 of ``--repeats`` runs, raw runs in the JSON.
@@ -53,9 +53,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ltc  # noqa: E402
 from _env import RESULTS, machine_info  # noqa: E402
-from ltc import graphs  # noqa: E402
+from ltc.executor import graph as graphs  # noqa: E402
 from ltc.policies import LTC, Full, TStitch  # noqa: E402
-from ltc.reference_nets import DiT, dit  # noqa: E402
+from ltc.zoo.reference_nets import DiT, dit  # noqa: E402
 
 NAME = "graph_executor"
 OVERHEAD_SETUPS = ("model_eager", "model_graphed", "ltc_eager", "ltc_step", "ltc_whole", "ltc_whole_executor",
@@ -120,7 +120,7 @@ class Bench:
     def model(self, size):
         if size not in self.models:
             if self.args.smoke:
-                net = ltc.reference_nets.randomize(DiT(32, 2, 2, name=f"tiny-{size}"), seed=len(self.models))
+                net = ltc.zoo.reference_nets.randomize(DiT(32, 2, 2, name=f"tiny-{size}"), seed=len(self.models))
                 self.models[size] = net.to(self.device, self.dtype)
             else:
                 self.models[size] = dit(size, seed=len(self.models), device=self.device, dtype=self.dtype)
@@ -359,7 +359,7 @@ def main(argv=None):
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     device_name = machine_info().get("device")
     config = {"steps": args.steps, "dtype": str(dtype), "sampler": "DPM-Solver++(2M)", "guidance": args.guidance,
-              "schedule": SCHEDULE, "latent": [4, 32, 32], "weights": "random (ltc.reference_nets)",
+              "schedule": SCHEDULE, "latent": [4, 32, 32], "weights": "random (ltc.zoo.reference_nets)",
               "timing": "CUDA events, median of repeats after warm-up", "repeats": args.repeats,
               "warmup": args.warmup, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None}
     update = {"config": config, "overhead": {}, "policies": {}}

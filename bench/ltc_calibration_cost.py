@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 import ltc
-from ltc import ops_reference
-from ltc.calibration_fit import Session
-from ltc.oracles import GaussianMixture
+from ltc.ops import reference as ops_reference
+from ltc.calibration.fit import Session
+from ltc.zoo.oracles import GaussianMixture
 from ltc.policies import LTC
 
 RESULT = Path(__file__).parent / "results" / "ltc_calibration_cost.json"

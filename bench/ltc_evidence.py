@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import ltc
-from ltc.oracles import EmpiricalData, GaussianMixture, exact_endpoint
+from ltc.zoo.oracles import EmpiricalData, GaussianMixture, exact_endpoint
 from ltc.policies import LTC, Full
 from ltc.samplers import DPMSolverPP, get_sampler
 

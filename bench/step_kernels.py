@@ -1,5 +1,5 @@
 """One classifier-free-guided DPM-Solver++(2M) model step: fused Triton kernel vs the eager torch
-chain (:func:`ltc.ops_reference.model_step`) vs ``torch.compile`` of that same chain.
+chain (:func:`ltc.ops.reference.model_step`) vs ``torch.compile`` of that same chain.
 
 The step reads x, m_u, m_c and D_{i-1} and writes x_{i+1} and D_i: at least
 
@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import machine_info, write_result  # noqa: E402
 
-from ltc import ops_reference  # noqa: E402
+from ltc.ops import reference as ops_reference  # noqa: E402
 from ltc.plan import compile_plan  # noqa: E402
 from ltc.policies import Full  # noqa: E402
 from ltc.samplers import get_sampler  # noqa: E402

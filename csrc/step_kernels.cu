@@ -7,7 +7,7 @@
 // Elementwise over numel elements, grid-stride, 16-byte vectors when every segment a vector touches
 // is 16-byte aligned (then a scalar tail).  The arithmetic is the reference's, operation for
 // operation, in the same order, each correctly rounded (no FMA contraction: *_rn), so results equal
-// ltc.ops_reference bit for bit on the same device (denormals included: build without fast math).  Each thread loads all inputs of its elements before it
+// ltc.ops.reference bit for bit on the same device (denormals included: build without fast math).  Each thread loads all inputs of its elements before it
 // stores, so `out` may be `x` (or `x_prev`) itself and the written history slot may be a read one.
 #include "common.cuh"
 

@@ -1,7 +1,7 @@
 """Fused Triton kernels of the step operations (installed as ``ltc.kernels``).
 
 ``model_step``, ``extrapolate_step`` and ``transition_dots`` have the signatures and semantics of
-:mod:`ltc.ops_reference` (the specification); each step op is one kernel launch that reads its
+:mod:`ltc.ops.reference` (the specification); each step op is one kernel launch that reads its
 coefficients from the plan's device table at the step index, so it replays in a CUDA graph.
 Module per op: :mod:`.model_step_kernel`, :mod:`.extrapolate_step_kernel`,
 :mod:`.transition_dots_kernel`; shared conventions (dtypes, contiguity, the step argument,
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 
-from ltc import ops_reference as _reference
+from ltc.ops import reference as _reference
 
 try:
     import triton  # noqa: F401

@@ -8,7 +8,7 @@ With ``i`` the step and the coefficients of row ``i`` of the plan's table:
 consecutive elements, reads x, x_prev and the ``reads`` past D once and writes ``out`` and
 ``hist[i % H]`` once.  Every element of ``out`` depends on the same element of ``x_prev``, so
 ``out`` may alias ``x_prev`` (the executor's double buffer does).  The specification is
-:func:`ltc.ops_reference.extrapolate_step`; host conventions are in :mod:`ltc.kernels.launch`.
+:func:`ltc.ops.reference.extrapolate_step`; host conventions are in :mod:`ltc.kernels.launch`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ltc.plan import Col
+from ltc.ops.contract import Col
 
 from . import launch
 from .launch import block_offsets, history_slot, step_index
@@ -61,7 +61,7 @@ def _extrapolate_step_kernel(x_ptr, x_prev_ptr, hist_ptr, coefs_ptr, coef_row_st
 def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                      step, out: torch.Tensor, *, reads: int) -> None:
     """One extrapolated step in one kernel launch (see the module docstring and
-    :func:`ltc.ops_reference.extrapolate_step`).  ``x, x_prev, out: [B, *S]``, ``hist: [H, B, *S]``
+    :func:`ltc.ops.reference.extrapolate_step`).  ``x, x_prev, out: [B, *S]``, ``hist: [H, B, *S]``
     (H > reads), ``coefs: [N, NCOLS]``; writes ``out`` and ``hist[step % H]``."""
     launch.tensor("x", x)
     launch.tensor("x_prev", x_prev)

@@ -1,7 +1,7 @@
 """What every step kernel shares: host-side argument checks and launch sizes, and on the device
 the step index and the history slots.
 
-Conventions of the wrappers in :mod:`ltc.kernels` (they extend :mod:`ltc.ops_reference`, whose
+Conventions of the wrappers in :mod:`ltc.kernels` (they extend :mod:`ltc.ops.reference`, whose
 semantics they implement exactly):
 
 * Storage dtypes fp16, bf16, fp32, fp64 (each tensor may have its own); arithmetic in the dtype
@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ltc.op_checks import is_int, readable, reads_of, shape, step_of, tensor, writable  # noqa: F401 (the kernels call them as launch.*)
-from ltc.plan import NCOLS
+from ltc.ops.checks import is_int, readable, reads_of, shape, step_of, tensor, writable  # noqa: F401 (the kernels call them as launch.*)
+from ltc.ops.contract import NCOLS
 
 COEF_DTYPES = (torch.float32, torch.float64)
 VECTOR_BYTES = 16     # one 128-bit load/store per thread and access

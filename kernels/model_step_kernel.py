@@ -9,7 +9,7 @@ With ``i`` the step, ``n = numel(x)`` and the coefficients of row ``i`` of the p
 Each program owns BLOCK consecutive elements: it reads x, the model output(s), the ``reads``
 past D and the noise once, and writes ``out`` and ``hist[i % H]`` once.  Every element of
 ``out`` depends on the same element of ``x``, so ``out`` may alias ``x``.  The specification is
-:func:`ltc.ops_reference.model_step`; host conventions are in :mod:`ltc.kernels.launch`.
+:func:`ltc.ops.reference.model_step`; host conventions are in :mod:`ltc.kernels.launch`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ltc.plan import Col
+from ltc.ops.contract import Col
 
 from . import launch
 from .launch import block_offsets, history_slot, step_index
@@ -76,7 +76,7 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
                step, out: torch.Tensor, *, reads: int, cfg: bool,
                noise: torch.Tensor | None = None) -> None:
     """One model step in one kernel launch (see the module docstring and
-    :func:`ltc.ops_reference.model_step`).  ``x, out, noise: [B, *S]``, ``model_out: [B or 2B, *S]``,
+    :func:`ltc.ops.reference.model_step`).  ``x, out, noise: [B, *S]``, ``model_out: [B or 2B, *S]``,
     ``hist: [H, B, *S]`` (H > reads), ``coefs: [N, NCOLS]``; writes ``out`` and ``hist[step % H]``."""
     launch.tensor("x", x)
     launch.tensor("model_out", model_out)

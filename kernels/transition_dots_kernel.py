@@ -7,7 +7,7 @@ elementwise over its chunk in the accumulation dtype (float32; float64 for float
 its accumulators with a fixed tree and writes the pair to ``partials[b, chunk]``.  Pass 2 (grid
 ``[B]``) sums the partials of a row in a fixed order.  No atomics: for given shapes and dtypes
 the result is the same bits on every run.  The specification is
-:func:`ltc.ops_reference.transition_dots`; host conventions are in :mod:`ltc.kernels.launch`.
+:func:`ltc.ops.reference.transition_dots`; host conventions are in :mod:`ltc.kernels.launch`.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def chunking(L: int, block: int) -> tuple[int, int]:
 
 def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
     """``[B, 2]`` = per-sample ``[<d, r>, <d, d>]`` (float32, float64 for float64 ``x``), see the
-    module docstring and :func:`ltc.ops_reference.transition_dots`.  Inputs ``[B, *S]``."""
+    module docstring and :func:`ltc.ops.reference.transition_dots`.  Inputs ``[B, *S]``."""
     launch.tensor("x", x)
     launch.tensor("x_prev", x_prev)
     launch.tensor("x_target", x_target)

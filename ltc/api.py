@@ -1,17 +1,39 @@
-"""``ltc.sample``: validate everything, compile the plan once, then walk it."""
+"""``ltc.sample``: validate everything, compile the plan once, then walk it.
+
+The argument checks that every entry point shares (``ltc.sample``, ``ltc.Stepper``,
+``ltc.calibrate``, ``ltc.distributed.generate``) live here too, so all of them accept and refuse
+the same inputs with the same messages, before any work starts.
+"""
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 
-from . import graphs, ops
-from .arguments import check_generator, initial_state, sampling_arguments
-from .executor import CHECK_FINITE, SampleInfo
+from . import ops
+from .executor import graph as graph_executor
+from .executor.walk import check_finite_mode
 from .models import as_models
+from .ops.contract import FLOAT_DTYPES
 from .plan import Plan, compile_plan, fingerprint_of
-from .policies import Policy
+from .policies import Full, Policy
+from .samplers import Sampler, get_sampler
 from .schedule import Schedule
+
+
+@dataclass
+class SampleInfo:
+    """What :func:`ltc.sample` reports with ``return_info=True``."""
+
+    nfe: int
+    nfe_per_model: list
+    model_names: list
+    plan: Plan
+    backend: str
+    executor: str = "eager"
+    extra: dict = field(default_factory=dict)
 
 
 _PLANS: "OrderedDict[str, Plan]" = OrderedDict()
@@ -59,14 +81,14 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
             ``m = m_u + g (m_c - m_u)`` is fused into the step.
         prediction: the prediction type of callables that do not declare one.
         progress: tqdm progress bar.  ``callback(dict)`` is called after every step (eager only).
-        return_info: also return a :class:`ltc.executor.SampleInfo` (NFE per model, the plan, backend).
+        return_info: also return a :class:`SampleInfo` (NFE per model, the plan, backend).
         backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: ``"step"``, ``"end"``,
             ``"off"`` or ``"auto"`` (step on CPU, end on CUDA).
         graph: ``"auto"`` (CUDA: from the second call with the same plan, shapes and models,
             capture the whole walk as a CUDA graph and replay it; per-step graphs when it does
             not fit, eager with a warning when capture fails; CPU: eager), ``True`` (graphs from
             the first call, or an error), ``False`` (eager), ``"whole"`` or ``"step"``.  A
-            callback or ``check_finite="step"`` means eager.  See :mod:`ltc.graphs`.
+            callback or ``check_finite="step"`` means eager.  See :mod:`ltc.executor.graph`.
 
     Returns:
         ``[B, *S]`` samples (and the info when ``return_info``).
@@ -75,18 +97,17 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
     policy, solver, guidance_scale = sampling_arguments(schedule, policy, sampler, guidance_scale)
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise TypeError(f"model_kwargs must be a dict or None, got {type(model_kwargs).__name__}")
-    if check_finite not in CHECK_FINITE:
-        raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
+    check_finite_mode(check_finite, "cpu")  # validated here, resolved for the device by the walk
     check_generator(generator, solver)
     plan = _cached_plan(schedule, steps, solver, policy, tuple(m.prediction for m in models), guidance_scale)
     grid = plan.grid
     x_init = initial_state(noise, shape, generator, dtype, device)
     backend_name, backend_ops = ops.resolve(backend, x_init.device)
-    graphs.check_option(graph, x_init.device, callback, check_finite)
+    graph_executor.check_option(graph, x_init.device, callback, check_finite)
     check_models = getattr(policy, "check_models", None)  # e.g. TStitch: models agree, before sampling
     if check_models is not None:
         check_models(models, x_init, float(grid.t[0]), model_kwargs, cfg=plan.cfg)
-    x, executor, graph_note = graphs.run(plan, models, x_init, graph=graph, ops=backend_ops, ops_name=backend_name,
+    x, executor, graph_note = graph_executor.run(plan, models, x_init, graph=graph, ops=backend_ops, ops_name=backend_name,
                                          model_kwargs=model_kwargs, generator=generator, callback=callback,
                                          progress=progress, check_finite=check_finite)
     if not return_info:
@@ -96,3 +117,72 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
     if graph_note:
         info.extra["graph"] = graph_note
     return x, info
+
+
+# -- the argument checks shared by every entry point --------------------------------------------
+
+
+def sampling_arguments(schedule, policy, sampler, guidance_scale) -> tuple[Policy, Sampler, float | None]:
+    """``(policy, sampler, guidance_scale)`` checked and normalised: ``policy=None`` is
+    :class:`~ltc.policies.Full`, a sampler name becomes a :class:`~ltc.samplers.Sampler`, the
+    guidance scale a float (or None)."""
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be an ltc.Schedule (e.g. Schedule.vp(...)), got {type(schedule).__name__}")
+    policy = Full() if policy is None else policy
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}")
+    solver = get_sampler(sampler)
+    if guidance_scale is not None:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
+        guidance_scale = float(guidance_scale)
+    return policy, solver, guidance_scale
+
+
+def check_generator(generator, solver: Sampler) -> None:
+    """A generator is a ``torch.Generator`` or None; a stochastic sampler needs one."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if solver.stochastic and generator is None:
+        raise ValueError(f"sampler {solver!r} draws noise every step: pass generator= for reproducible samples")
+
+
+def check_noise(noise) -> None:
+    """An initial state is a finite floating tensor ``[B, *S]`` (one host check of its values)."""
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a torch.Tensor [B, *S], got {type(noise).__name__}")
+    if noise.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"noise must have a floating dtype in {FLOAT_DTYPES}, got {noise.dtype}")
+    if noise.dim() < 2:
+        raise ValueError(f"noise must be [B, *S] with at least 2 dims, got shape {tuple(noise.shape)}")
+    if not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise contains NaN or Inf")
+
+
+def initial_state(noise, shape, generator, dtype, device):
+    """The validated initial state ``[B, *S]``: ``noise`` as given, or drawn with ``shape`` from
+    ``generator`` (``dtype`` default float32, ``device`` default CPU).  Shared by :func:`sample`
+    and :func:`ltc.calibrate` so both accept and refuse the same inputs."""
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if noise is not None:
+        if shape is not None:
+            raise ValueError("give either noise or shape, not both")
+        check_noise(noise)
+        if dtype is not None and noise.dtype != dtype:
+            raise ValueError(f"noise has dtype {noise.dtype} but dtype={dtype} was requested")
+        if device is not None and noise.device != torch.device(device):
+            raise ValueError(f"noise is on {noise.device} but device={device} was requested")
+        return noise
+    if shape is None:
+        raise ValueError("give noise (a tensor) or shape (and a generator for reproducibility)")
+    if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) >= 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise ValueError(f"shape must be a tuple of >= 2 positive ints [B, *S], got {shape!r}")
+    dtype = dtype or torch.float32
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)

@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from ._version import __version__
+from .demo import oracle as demo_oracle
+from .demo import zoo as demo_zoo
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ltc", description="ltc: fast, exact diffusion sampling")
+    parser.add_argument("--version", action="version", version=f"ltc {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the demo on the models shipped in the package (CPU, about a minute)")
     demo.add_argument("--oracle", action="store_true", help="only the exact-oracle sampler table")
@@ -16,9 +21,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.oracle:
-            from . import demo_oracle
             demo_oracle.main(progress=not args.no_progress)
         else:
-            from . import demo_zoo
             demo_zoo.main(out_dir=args.out, progress=not args.no_progress, recalibrate=args.recalibrate)
     return 0

@@ -52,10 +52,10 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from . import __version__
-from .api import sample
-from .arguments import FLOAT_DTYPES, sampling_arguments
+from ._version import __version__
+from .api import sample, sampling_arguments
 from .models import as_models
+from .ops.contract import FLOAT_DTYPES
 from .plan import compile_plan, fingerprint_of
 from .policies import Policy
 from .schedule import Schedule

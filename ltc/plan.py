@@ -9,7 +9,7 @@ captured CUDA graph can replay any step.
 Model step (CFG combine, prediction -> x0, solver update (*) of :mod:`ltc.samplers`):
 
     m   = m_u + G (m_c - m_u)            (only with classifier-free guidance)
-    D_i = PX x_i + PM m                  (see :mod:`ltc.predictions`)
+    D_i = PX x_i + PM m                  (see :mod:`ltc.models`)
     x_{i+1} = A x_i + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z
 
 Extrapolated step (any linear extrapolation of the state or of the model-output history),
@@ -23,47 +23,26 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from enum import IntEnum
-
 import numpy as np
 import torch
 
-from . import predictions as P
+from .models import canonical, check_family, x0_coefficients
+from .ops.contract import (EXTRAPOLATION_COLS, HISTORY_SLOTS, NCOLS, Col, ExtrapolationCol, compute_dtype,
+                           extrapolation_reads)
 from .samplers import Sampler
 from .schedule import Grid
 
 EXTRAPOLATE = -1
 PLAN_FORMAT = 1
-HISTORY_SLOTS = 3  # D of step j lives in slot j % 3: enough for third-order multistep
 
-
-class Col(IntEnum):
-    """Columns of the plan's coefficient table."""
-
-    PX = 0
-    PM = 1
-    A = 2
-    B0 = 3
-    B1 = 4
-    B2 = 5
-    NOISE = 6
-    GUIDANCE = 7
-    EX = 8
-    EXP = 9
-    EH1 = 10
-    EH2 = 11
-    IN = 12
-    IC = 13
-
-
-NCOLS = len(Col)
-EXTRAPOLATION_COLS = (Col.EX, Col.EXP, Col.EH1, Col.EH2, Col.IN, Col.IC)
+__all__ = ["Plan", "Decision", "compile_plan", "fingerprint_of", "EXTRAPOLATE", "Col", "NCOLS",
+           "HISTORY_SLOTS", "ExtrapolationCol", "EXTRAPOLATION_COLS"]
 
 
 @dataclass(frozen=True)
 class Decision:
     """What a policy decides: ``models[i]`` (model index or EXTRAPOLATE) and, for extrapolated
-    steps, the six extrapolation coefficients ``[N, 6]`` in the order of EXTRAPOLATION_COLS."""
+    steps, the six extrapolation coefficients ``[N, 6]`` (columns :class:`ExtrapolationCol`)."""
 
     models: np.ndarray
     extrapolation: np.ndarray
@@ -102,15 +81,17 @@ class Plan:
     def nfe_per_model(self) -> list[int]:
         return [sum(m == k for m in self.models) for k in range(len(self.predictions))]
 
-    def coefficients(self, dtype: torch.dtype, device) -> torch.Tensor:
-        """The ``[N, NCOLS]`` table on ``device`` (cached): float64 for float64 storage, else float32."""
+    def coefficients(self, storage_dtype: torch.dtype, device) -> torch.Tensor:
+        """The ``[N, NCOLS]`` table on ``device`` in the compute dtype of ``storage_dtype`` (cached)."""
+        dtype = compute_dtype(storage_dtype)
         key = ("coef", dtype, str(device))
         if key not in self._device_cache:
             self._device_cache[key] = torch.tensor(self.table, dtype=dtype, device=device)
         return self._device_cache[key]
 
-    def timesteps(self, dtype: torch.dtype, device) -> torch.Tensor:
-        """Model time input of every step, ``[N]`` on ``device`` (cached)."""
+    def timesteps(self, storage_dtype: torch.dtype, device) -> torch.Tensor:
+        """Model time input of every step, ``[N]`` on ``device`` in the compute dtype (cached)."""
+        dtype = compute_dtype(storage_dtype)
         key = ("t", dtype, str(device))
         if key not in self._device_cache:
             self._device_cache[key] = torch.tensor(self.grid.t[:-1], dtype=dtype, device=device)
@@ -131,9 +112,9 @@ def fingerprint_of(*parts) -> str:
 def compile_plan(grid: Grid, sampler: Sampler, policy, predictions, guidance_scale=None) -> Plan:
     """Compile ``grid x sampler x policy`` for models with the given prediction types."""
     N = grid.steps
-    preds = tuple(P.canonical(p) for p in predictions)
+    preds = tuple(canonical(p) for p in predictions)
     for p in preds:
-        P.check_family(p, grid.family)
+        check_family(p, grid.family)
     solver = sampler.table(grid)
     decision = policy.decide(grid, sampler, len(preds))
     models = np.asarray(decision.models, dtype=np.int64)
@@ -156,9 +137,9 @@ def compile_plan(grid: Grid, sampler: Sampler, policy, predictions, guidance_sca
         if models[i] == EXTRAPOLATE:
             table[i, list(EXTRAPOLATION_COLS)] = extrap[i]
             table[i, [Col.A, Col.B0, Col.B1, Col.B2, Col.NOISE]] = 0.0
-            reads.append(2 if extrap[i, 3] != 0 else 1 if extrap[i, 2] != 0 else 0)
+            reads.append(extrapolation_reads(extrap[i]))
         else:
-            px, pm = P.x0_coefficients(preds[models[i]], grid.alpha[i], grid.sigma[i])
+            px, pm = x0_coefficients(preds[models[i]], grid.alpha[i], grid.sigma[i])
             table[i, Col.PX], table[i, Col.PM] = px, pm
             reads.append(int(solver.order[i]) - 1)
     bad = np.argwhere(~np.isfinite(table))

@@ -15,8 +15,8 @@ extrapolated step that follows it, so after it returns, ``st.x`` is the state wh
 call is needed (or the final sample).  The first plan step is never extrapolated, so
 :meth:`request` has no side effects and may be called again.
 
-Every step goes through :func:`ltc.executor.advance` with the plan's device coefficient table and
-the same state/history buffers as :func:`ltc.executor.run_eager`, so for the same noise (and
+Every step goes through :meth:`ltc.executor.walk.Walk.advance` with the plan's device coefficient table and
+the same state/history buffers as :func:`ltc.executor.eager.run_eager`, so for the same noise (and
 generator, for stochastic samplers) the result equals :func:`ltc.sample` bit for bit.  Model outputs
 are validated as in the executor: shape, dtype and device at every step (host metadata only), and
 non-finite values per ``check_finite`` (``"step"``: a host check each step, the CPU default;
@@ -36,11 +36,10 @@ from typing import NamedTuple
 import torch
 
 from . import ops
-from . import predictions as P
-from .arguments import FLOAT_DTYPES, check_generator, sampling_arguments
-from .executor import CHECK_FINITE, NonFiniteError, _nonfinite_message, advance, compute_dtype
-from .models import Model, check_output
-from .plan import EXTRAPOLATE, HISTORY_SLOTS, Plan, compile_plan
+from .api import check_generator, check_noise, sampling_arguments
+from .executor.walk import Walk, check_finite_mode
+from .models import PREDICTIONS, Model, canonical
+from .plan import EXTRAPOLATE, Plan, compile_plan
 from .policies import Policy
 from .schedule import Schedule
 
@@ -54,14 +53,6 @@ class StepRequest(NamedTuple):
     model_index: int
 
 
-class _Expected(NamedTuple):
-    """Shape/dtype/device a model output must have (what :func:`ltc.models.check_output` reads)."""
-
-    shape: torch.Size
-    dtype: torch.dtype
-    device: torch.device
-
-
 def _prediction_names(predictions) -> list[str]:
     """One prediction type per model: from a string, or a sequence of strings / objects with ``.prediction``."""
     if isinstance(predictions, (str, Model)) or callable(predictions):
@@ -73,9 +64,9 @@ def _prediction_names(predictions) -> list[str]:
     for k, p in enumerate(predictions):
         declared = p if isinstance(p, str) else getattr(p, "prediction", None)
         if not isinstance(declared, str):
-            raise TypeError(f"predictions[{k}] must be a prediction type in {P.PREDICTIONS} or a model with a "
+            raise TypeError(f"predictions[{k}] must be a prediction type in {PREDICTIONS} or a model with a "
                             f"'prediction' attribute, got {type(p).__name__}")
-        names.append(P.canonical(declared))
+        names.append(canonical(declared))
     return names
 
 
@@ -110,31 +101,15 @@ class Stepper:
                  backend: str | None = None, check_finite: str = "auto"):
         policy, solver, guidance_scale = sampling_arguments(schedule, policy, sampler, guidance_scale)
         preds = _prediction_names(predictions)
-        if not isinstance(noise, torch.Tensor):
-            raise TypeError(f"noise must be a torch.Tensor [B, *S], got {type(noise).__name__}")
-        if noise.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"noise must have a floating dtype in {FLOAT_DTYPES}, got {noise.dtype}")
-        if noise.dim() < 2:
-            raise ValueError(f"noise must be [B, *S] with at least 2 dims, got shape {tuple(noise.shape)}")
-        if check_finite not in CHECK_FINITE:
-            raise ValueError(f"check_finite must be one of {CHECK_FINITE}, got {check_finite!r}")
+        check_noise(noise)
+        check_finite = check_finite_mode(check_finite, noise.device)
         check_generator(generator, solver)
 
         self.plan: Plan = compile_plan(schedule.discretize(steps), solver, policy, preds, guidance_scale)
-        self.backend, self._ops = ops.resolve(backend, noise.device)
-        self._models = [Model(_no_call, p, n) for p, n in zip(preds, _model_names(predictions, len(preds)))]
-        self._generator = generator
-        device, dtype = noise.device, noise.dtype
-        if check_finite == "auto":
-            check_finite = "end" if device.type == "cuda" else "step"
-        self._check_finite = check_finite
-        self._first_bad = torch.full((), -1, dtype=torch.long, device=device) if check_finite == "end" else None
-        self._coefs = self.plan.coefficients(compute_dtype(dtype), device)
-        self._timesteps = self.plan.timesteps(torch.float64 if dtype == torch.float64 else torch.float32, device)
-        self._xs = [noise.clone(), torch.empty_like(noise)]
-        self._hist = torch.empty((HISTORY_SLOTS, *noise.shape), dtype=dtype, device=device)
-        batch = noise.shape[0] * (2 if self.plan.cfg else 1)
-        self._expected = _Expected(torch.Size((batch, *noise.shape[1:])), dtype, device)
+        self.backend, backend_ops = ops.resolve(backend, noise.device)
+        models = [Model(_no_call, p, n) for p, n in zip(preds, _model_names(predictions, len(preds)))]
+        self._walk = Walk(self.plan, models, noise, ops=backend_ops, generator=generator, check_finite=check_finite)
+        self._walk.load(noise)
         self._i = 0
 
     # -- state --------------------------------------------------------------------------------
@@ -152,7 +127,7 @@ class Stepper:
     def x(self) -> torch.Tensor:
         """The current state ``[B, *S]``: a view of the stepper's buffer, overwritten two plan steps
         later -- ``.clone()`` it to keep it."""
-        return self._xs[self._i % 2]
+        return self._walk.state(self._i)
 
     @property
     def model_calls_left(self) -> int:
@@ -164,36 +139,23 @@ class Stepper:
         """The model call the next step needs: ``(x_input, t, model_index)`` (no side effects)."""
         if self.done:
             raise RuntimeError("the stepper is done: all steps were taken; read .x")
-        i, x = self._i, self.x
-        inp = torch.cat([x, x]) if self.plan.cfg else x
-        return StepRequest(inp, self._timesteps[i].expand(self._expected.shape[0]), self.plan.models[i])
+        x, t = self._walk.model_input(self._i)
+        return StepRequest(x, t, self.plan.models[self._i])
 
     def step(self, model_output: torch.Tensor) -> torch.Tensor:
         """Take the model step with ``model_output`` (for the input of :meth:`request`), then every
         extrapolated step after it.  Returns the new current state (``self.x``)."""
         if self.done:
             raise RuntimeError("the stepper is done: all steps were taken; read .x")
-        i, k = self._i, self.plan.models[self._i]
-        check_output(model_output, self._expected, i, self._models[k])
-        if self._check_finite == "step" and not bool(torch.isfinite(model_output).all()):
-            raise NonFiniteError(_nonfinite_message(self._models[k], i))
-        if self._first_bad is not None:
-            bad = (self._first_bad < 0) & ~torch.isfinite(model_output).all()
-            self._first_bad = torch.where(bad, torch.full_like(self._first_bad, i), self._first_bad)
+        self._walk.check(self._i, model_output)
         self._advance(model_output)
         while not self.done and self.plan.models[self._i] == EXTRAPOLATE:
             self._advance(None)
-        if self.done and self._first_bad is not None:
-            bad_step = int(self._first_bad)  # the one device->host copy, when the walk ends
-            if bad_step >= 0:
-                raise NonFiniteError(_nonfinite_message(self._models[self.plan.models[bad_step]], bad_step))
-        return self.x
+        return self._walk.finish() if self.done else self.x
 
     def _advance(self, model_output) -> None:
-        i = self._i
-        advance(self.plan, i, self._xs[i % 2], self._xs[(i + 1) % 2], self._hist, self._coefs, self._ops,
-                model_output, self._generator)
-        self._i = i + 1
+        self._walk.advance(self._i, model_output)
+        self._i += 1
 
     def __repr__(self) -> str:
         return f"Stepper(step {self._i}/{self.plan.steps}, {self.plan.describe()})"

@@ -1,5 +1,5 @@
 """LTC calibration: the closed-form fit, the objectives against exact endpoints, the refusal rule,
-the calibration file (round trip and every kind of bad file), cost accounting and LTC.auto."""
+the calibration file (round trip and every kind of bad file), cost accounting and ltc.calibration.auto."""
 import json
 import warnings
 
@@ -10,8 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ltc
-from ltc.oracles import GaussianMixture, exact_endpoint
+from ltc.zoo.oracles import GaussianMixture, exact_endpoint
 from ltc.plan import compile_plan
+from ltc.calibration import auto
 from ltc.policies import LTC, Full
 from ltc.samplers import DDIM, get_sampler
 
@@ -270,9 +271,9 @@ def test_bad_calibrate_arguments_are_clear_errors(kwargs, error, match):
         ltc.calibrate(gm, VP, policy, steps=N, noise=CAL[:4], verbose=False, **args)
 
 
-# -- LTC.auto ----------------------------------------------------------------------------------
+# -- ltc.calibration.auto ----------------------------------------------------------------------------------
 def test_auto_candidates_have_exactly_the_requested_skips_and_rank_by_coherence():
-    from ltc.ltc_auto import candidate_structures
+    from ltc.calibration.auto import candidate_structures
     coherence = np.linspace(0.5, 1.0, N - 1)          # coherence grows along the trajectory
     ranked = candidate_structures(coherence, N, 5, (2, 3))
     for score, start, end, every in ranked:
@@ -284,7 +285,7 @@ def test_auto_candidates_have_exactly_the_requested_skips_and_rank_by_coherence(
 
 def test_auto_returns_a_calibrated_ltc_policy_with_the_requested_nfe(capsys):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
-    choice = LTC.auto(gm, VP, steps=N, speedup=20 / 13, sampler="ddim", noise=CAL, candidates=2)
+    choice = auto(gm, VP, steps=N, speedup=20 / 13, sampler="ddim", noise=CAL, candidates=2)
     assert choice.accepted and isinstance(choice.policy, LTC) and choice.nfe == 13
     assert "accepted" in capsys.readouterr().out
     _, info = choice.sample(gm, noise=HELD, progress=False, return_info=True)
@@ -293,7 +294,7 @@ def test_auto_returns_a_calibrated_ltc_policy_with_the_requested_nfe(capsys):
 
 def test_auto_falls_back_to_the_best_plain_plan_when_every_ltc_setting_is_refused(capsys):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
-    choice = LTC.auto(gm, VP, steps=N, nfe=14, sampler="ddim", noise=CAL[:8], candidates=2, clamp=(0.0, 0.0))
+    choice = auto(gm, VP, steps=N, nfe=14, sampler="ddim", noise=CAL[:8], candidates=2, clamp=(0.0, 0.0))
     assert not choice.accepted and isinstance(choice.policy, Full)
     assert "no LTC setting" in capsys.readouterr().out
     _, info = choice.sample(gm, noise=HELD, progress=False, return_info=True)
@@ -310,7 +311,7 @@ def test_auto_falls_back_to_the_best_plain_plan_when_every_ltc_setting_is_refuse
 def test_auto_bad_arguments_are_clear_errors(kwargs, match):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
     with pytest.raises(ValueError, match=match):
-        LTC.auto(gm, VP, steps=N, sampler="ddim", noise=CAL[:4], verbose=False, **kwargs)
+        auto(gm, VP, steps=N, sampler="ddim", noise=CAL[:4], verbose=False, **kwargs)
 
 
 @pytest.mark.skipif(not ltc.ops.available("triton"), reason="triton is not installed")
@@ -323,7 +324,7 @@ def test_triton_backend_fits_the_same_weights_as_the_reference():
 
 
 def test_teacher_grid_has_twice_the_steps_between_the_same_end_points():
-    from ltc.calibration_runs import teacher_grid
+    from ltc.calibration.runs import teacher_grid
     fine = teacher_grid(VP, VP.discretize(10))
     assert fine.digest() == VP.discretize(20).digest()           # trailing: every N starts at t = 999
     leading = ltc.Schedule.vp("scaled_linear")                   # leading: t[0] depends on N, so refine

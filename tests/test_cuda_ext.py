@@ -1,5 +1,5 @@
-"""The optional CUDA extension (``csrc/``, backend ``cuda``: :mod:`ltc.ops_cuda`) against the
-specification, :mod:`ltc.ops_reference`.
+"""The optional CUDA extension (``csrc/``, backend ``cuda``: :mod:`ltc.ops.cuda`) against the
+specification, :mod:`ltc.ops.reference`.
 
 Without a GPU: the sources compile with nvcc for sm_90 and the binding against torch's headers
 (csrc/compile_check.sh), the kernels' column numbers are ltc.plan.Col, ltc works without the
@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import ltc
-from ltc import ops_cuda, ops_reference as reference
+from ltc.ops import cuda as ops_cuda, reference
 from ltc.plan import NCOLS, Col, compile_plan
 from ltc.policies import Full
 from ltc.samplers import get_sampler
@@ -202,7 +202,7 @@ def test_ltc_works_without_the_extension():
     code = """
 import sys
 sys.modules["ltc._C"] = None  # any import of it fails
-import torch, ltc, ltc.ops, ltc.ops_cuda as c
+import torch, ltc, ltc.ops, ltc.ops.cuda as c
 assert c.AVAILABLE is False and "LTC_BUILD_CUDA=1" in c.UNAVAILABLE_REASON, c.UNAVAILABLE_REASON
 assert not ltc.ops.available("cuda")
 schedule = ltc.Schedule.vp("scaled_linear")
@@ -222,7 +222,7 @@ if torch.cuda.is_available():  # valid CUDA arguments: the call names the reason
     try:
         c.transition_dots(x, x, x)
     except RuntimeError as e:
-        assert str(e).startswith("ltc.ops_cuda.transition_dots: ") and "ltc._C" in str(e), e
+        assert str(e).startswith("ltc.ops.cuda.transition_dots: ") and "ltc._C" in str(e), e
     else:
         raise SystemExit("transition_dots did not raise")
 """

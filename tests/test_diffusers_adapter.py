@@ -14,7 +14,7 @@ diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed 
 import ltc  # noqa: E402
 from ltc.adapters.diffusers import (model_fn_from_transformer, model_fn_from_unet,  # noqa: E402
                                     prediction_from_diffusers, sampler_from_diffusers, schedule_from_diffusers)
-from ltc.oracles import GaussianMixture  # noqa: E402
+from ltc.zoo.oracles import GaussianMixture  # noqa: E402
 from ltc.samplers import DDIM, DPMSolverPP, Euler  # noqa: E402
 from ltc.schedule import Schedule  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Graph executor: whole and per-step replays equal the eager walk, cache keying, fallbacks, errors.
 
-CPU tests use :class:`ltc.graphs.RecordedGraphs`, which records the aten operations of a capture
+CPU tests use :class:`ltc.executor.capture.RecordedGraphs`, which records the aten operations of a capture
 and replays exactly those (Python decisions frozen, static tensors read at replay time, host syncs
 refused), as a CUDA graph would.  GPU tests (marked) use real CUDA graphs.
 """
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import ltc
-from ltc import graphs
-from ltc.graph_cache import GraphCache, Identity, identify
-from ltc.graphs import GraphCaptureError, GraphFallbackWarning, GraphTooLargeError, RecordedGraphs
+from ltc.executor import graph as graphs
+from ltc.executor.cache import GraphCache, Identity, identify
+from ltc.executor.graph import GraphCaptureError, GraphFallbackWarning, GraphTooLargeError, RecordedGraphs
 from ltc.policies import LTC, Full, TStitch
 from ltc.samplers import DDIM
 

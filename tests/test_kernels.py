@@ -1,4 +1,4 @@
-"""The Triton step kernels (``ltc.kernels``) against the specification, ``ltc.ops_reference``.
+"""The Triton step kernels (``ltc.kernels``) against the specification, ``ltc.ops.reference``.
 
 On a machine without CUDA the kernels run in Triton's CPU interpreter (tests/conftest.py sets
 TRITON_INTERPRET=1); every test parametrised by ``device`` runs again on CUDA where there is one.
@@ -21,7 +21,8 @@ import pytest
 import torch
 
 import ltc
-from ltc import kernels, ops_reference as reference
+from ltc import kernels
+from ltc.ops import reference
 from ltc.plan import EXTRAPOLATION_COLS, NCOLS, Decision, compile_plan
 from ltc.policies import Full, Policy
 from ltc.samplers import DDIM, get_sampler
@@ -148,7 +149,7 @@ def test_exports_have_the_reference_signatures(name):
 
 def test_package_imports_without_triton_and_reports_unavailable():
     code = ("import sys; sys.modules['triton'] = None\n"
-            "import ltc.kernels as k, ltc.ops as ops, inspect, ltc.ops_reference as r\n"
+            "import ltc.kernels as k, ltc.ops as ops, inspect, ltc.ops.reference as r\n"
             "assert k.AVAILABLE is False and not ops.available('triton')\n"
             "assert inspect.signature(k.model_step) == inspect.signature(r.model_step)\n"
             "try:\n    k.transition_dots(None, None, None)\nexcept RuntimeError as e:\n"

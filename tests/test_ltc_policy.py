@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import ltc
-from ltc.oracles import GaussianMixture
+from ltc.zoo.oracles import GaussianMixture
 from ltc.plan import EXTRAPOLATE, compile_plan
 from ltc.policies import LTC, Full, TStitch
 from ltc.samplers import DDIM, get_sampler

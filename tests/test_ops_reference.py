@@ -3,7 +3,7 @@ trace under torch.compile without graph breaks (both matter for graph capture)."
 import pytest
 import torch
 
-from ltc import ops_reference as R
+from ltc.ops import reference as R
 
 
 @pytest.mark.parametrize("reads", [0, 1, 2])

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import ltc
-from ltc import graphs
-from ltc.reference_nets import DIT_SIZES, DiT, small_unet
+from ltc.executor import graph as graphs
+from ltc.zoo.reference_nets import DIT_SIZES, DiT, small_unet
 
 PAPER_PARAMETERS = {"S": 33.0e6, "B": 130.5e6, "L": 458.0e6}  # DiT paper, Table 1 (patch 2)
 
@@ -29,7 +29,7 @@ def tiny_dit():
 
 
 def test_dit_returns_eps_of_the_latent_shape_and_uses_the_labels():
-    net = ltc.reference_nets.randomize(tiny_dit(), seed=0)
+    net = ltc.zoo.reference_nets.randomize(tiny_dit(), seed=0)
     x, t = torch.randn(4, 4, 32, 32), torch.full((4,), 500.0)
     out = net(x, t, y=torch.tensor([1, 2, 3, 4]))
     assert out.shape == x.shape and out.dtype == x.dtype and torch.isfinite(out).all()
@@ -44,7 +44,7 @@ def test_dit_rejects_labels_of_the_wrong_shape():
 
 
 def test_random_weights_are_reproducible_and_not_zero():
-    a, b = ltc.reference_nets.randomize(tiny_dit(), 3), ltc.reference_nets.randomize(tiny_dit(), 3)
+    a, b = ltc.zoo.reference_nets.randomize(tiny_dit(), 3), ltc.zoo.reference_nets.randomize(tiny_dit(), 3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert a.final.weight.abs().sum() > 0 and a.blocks[0].ada.weight.abs().sum() > 0
 
@@ -55,7 +55,7 @@ def test_small_unet_runs_in_bfloat16():
     assert net(x, torch.full((2,), 10.0), y=torch.tensor([1, 2])).dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("make", [lambda: ltc.reference_nets.randomize(tiny_dit(), 0),
+@pytest.mark.parametrize("make", [lambda: ltc.zoo.reference_nets.randomize(tiny_dit(), 0),
                                   lambda: small_unet(channels=8)], ids=["dit", "unet"])
 def test_reference_nets_capture_without_host_syncs(make):
     net = make()

@@ -5,7 +5,7 @@ import torch
 
 import ltc
 from ltc import Model, Schedule
-from ltc.oracles import EmpiricalData, GaussianMixture
+from ltc.zoo.oracles import EmpiricalData, GaussianMixture
 from ltc.samplers import DDIM
 
 VP = Schedule.vp("scaled_linear", spacing="trailing")

@@ -5,7 +5,7 @@ import torch
 
 import ltc
 from ltc import Schedule
-from ltc.oracles import GaussianMixture, exact_endpoint, rmse
+from ltc.zoo.oracles import GaussianMixture, exact_endpoint, rmse
 from ltc.samplers import DDIM, DPMSolverPP, Euler, get_sampler
 
 STEPS = [8, 16, 32, 64]

@@ -5,7 +5,7 @@ import torch
 
 import ltc
 from ltc import policies
-from ltc.oracles import GaussianMixture
+from ltc.zoo.oracles import GaussianMixture
 from ltc.plan import EXTRAPOLATE, Decision
 from ltc.policies import Full, Policy, no_extrapolation
 from ltc.schedule import Schedule

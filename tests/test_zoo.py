@@ -9,7 +9,7 @@ import ltc
 import ltc.zoo as zoo
 from ltc.policies import TStitch
 from ltc.zoo import metrics as M
-from ltc.zoo.store import read_weights, save_weights
+from ltc.io import read_weights, save_weights
 
 
 # -- data ------------------------------------------------------------------------------------

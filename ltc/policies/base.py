@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..plan import EXTRAPOLATION_COLS, Decision
+from ..plan import Decision, ExtrapolationCol
 
 
 class Policy:
@@ -37,7 +37,7 @@ class Policy:
 
 def no_extrapolation(steps: int) -> np.ndarray:
     """The ``[N, 6]`` extrapolation block of a plan without extrapolated steps."""
-    return np.zeros((steps, len(EXTRAPOLATION_COLS)))
+    return np.zeros((steps, len(ExtrapolationCol)))
 
 
 class Full(Policy):

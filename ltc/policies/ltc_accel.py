@@ -66,11 +66,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..plan import EXTRAPOLATE, EXTRAPOLATION_COLS, Decision, fingerprint_of
+from ..plan import EXTRAPOLATE, Decision, ExtrapolationCol, fingerprint_of
 from .base import Full, Policy
 
 STATES = ("x", "x/alpha", "x0")
 PROGRESS = ("sigma", "t", "lambda")
+# Enters every calibration key.  Bump it whenever the numbers an LTC weight multiplies change
+# (the formulas of ``rows``/``gammas``, the history rule, which steps are extrapolated): a shipped
+# or saved calibration then fails its key check instead of loading stale weights.
+# ``tests/test_calibration_files.py`` re-fits the shipped calibrations to catch a missed bump.
 CALIBRATION_FORMAT = 1
 
 
@@ -79,6 +83,13 @@ def calibration_key(grid, sampler_config: dict, steps, progress: str, state: str
     steps, the progress variable, the state and the base policy."""
     return fingerprint_of("ltc-calibration", CALIBRATION_FORMAT, grid.digest(), sampler_config,
                           [int(i) for i in steps], progress, state, base_config)
+
+
+def first_extrapolable_step(state: str) -> int:
+    """The earliest step that state ``state`` can extrapolate: ``"x0"`` extrapolates the model
+    outputs of steps i-2 and i-1 (from step 2 on); ``"x"`` and ``"x/alpha"`` the states x_{i-1},
+    x_i (from step 1 on)."""
+    return 2 if state == "x0" else 1
 
 
 def _is_int(v) -> bool:
@@ -120,8 +131,10 @@ class LTC(Policy):
         skip: explicit extrapolated step indices instead of interval/every.
         progress: ``"sigma"`` (default), ``"t"`` or ``"lambda"`` -- phi of gamma.
         state: ``"x0"`` (default, see the module docstring), ``"x"`` (the seed's) or ``"x/alpha"``.
-        weights: ``None`` (w = 1), one number, one number per extrapolated step, or an
-            :class:`ltc.Calibration` (checked against the grid and sampler when compiled).
+        weights: ``None`` (w = 1), one number, one number per extrapolated step, or a
+            calibration: any object with ``weights`` (one per extrapolated step) and
+            ``check(grid, sampler, policy)`` (raises when it is not valid for the plan), such
+            as :class:`ltc.Calibration`; it is checked when the plan is compiled.
         base: the policy choosing the model of each model step (default :class:`Full`).
     """
 
@@ -172,9 +185,8 @@ class LTC(Policy):
     def _check_weights(self, weights):
         if weights is None:
             return None
-        from ..calibration import Calibration  # lazy: calibration imports this module
-        if isinstance(weights, Calibration):
-            self.calibration = weights
+        if callable(getattr(weights, "check", None)) and hasattr(weights, "weights"):
+            self.calibration = weights  # e.g. an ltc.Calibration: checked against the plan in decide()
             return tuple(float(w) for w in weights.weights)
         if _is_number(weights):
             if not math.isfinite(weights):
@@ -183,7 +195,7 @@ class LTC(Policy):
         try:
             arr = np.asarray(weights, dtype=np.float64)
         except (TypeError, ValueError):
-            raise TypeError(f"weights must be None, a number, a sequence of numbers or an ltc.Calibration, "
+            raise TypeError(f"weights must be None, a number, a sequence of numbers or a calibration (e.g. ltc.Calibration), "
                             f"got {type(weights).__name__}") from None
         if arr.ndim != 1 or not np.all(np.isfinite(arr)):
             raise ValueError(f"weights must be a 1-D sequence of finite numbers, got shape {arr.shape}")
@@ -239,11 +251,11 @@ class LTC(Policy):
     def gammas(self, grid, steps: list[int]) -> np.ndarray:
         """gamma of each extrapolated step (for state ``"x0"`` the ratio one point earlier)."""
         phi = grid.progress(self.progress)
-        lag = 1 if self.state == "x0" else 0
+        first = first_extrapolable_step(self.state)
         out = []
         for i in steps:
-            j = i - lag
-            if j - 1 < 0:
+            j = i - (first - 1)  # gamma of points j-1, j, j+1
+            if i < first:
                 raise ValueError(f"state 'x0' extrapolates the model outputs of steps {i - 2} and {i - 1}; "
                                  f"step {i} is too early (extrapolate from step 2 on)")
             a, b, c = phi[j - 1], phi[j], phi[j + 1]
@@ -258,27 +270,28 @@ class LTC(Policy):
         return np.asarray(out, dtype=np.float64)
 
     def rows(self, grid, sampler, steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(R0, R1)``, each ``[K, 6]`` in the order of EXTRAPOLATION_COLS: the coefficients of
-        extrapolated step k are ``R0[k] + w_k R1[k]``."""
+        """``(R0, R1)``, each ``[K, 6]`` (columns :class:`ltc.plan.ExtrapolationCol`): the
+        coefficients of extrapolated step k are ``R0[k] + w_k R1[k]``."""
         g = self.gammas(grid, steps)
         A, B0 = sampler.first_order(grid)
         a = grid.alpha
-        R0 = np.zeros((len(steps), len(EXTRAPOLATION_COLS)))
+        E = ExtrapolationCol
+        R0 = np.zeros((len(steps), len(E)))
         R1 = np.zeros_like(R0)
         for k, i in enumerate(steps):
-            R0[k, 4], R0[k, 5] = 1.0 / B0[i], -A[i] / B0[i]
+            R0[k, E.IN], R0[k, E.IC] = 1.0 / B0[i], -A[i] / B0[i]
             if self.state == "x":
-                R0[k, 0] = 1.0
-                R1[k, 0], R1[k, 1] = g[k], -g[k]
+                R0[k, E.EX] = 1.0
+                R1[k, E.EX], R1[k, E.EXP] = g[k], -g[k]
             elif self.state == "x/alpha":
                 if a[i - 1] <= 0:
                     raise ValueError(f"state 'x/alpha' divides by alpha at point {i - 1}, which is 0 (a flow grid "
                                      f"starts at alpha = 0); step {i} cannot extrapolate x/alpha")
-                R0[k, 0] = a[i + 1] / a[i]
-                R1[k, 0], R1[k, 1] = g[k] * a[i + 1] / a[i], -g[k] * a[i + 1] / a[i - 1]
+                R0[k, E.EX] = a[i + 1] / a[i]
+                R1[k, E.EX], R1[k, E.EXP] = g[k] * a[i + 1] / a[i], -g[k] * a[i + 1] / a[i - 1]
             else:
-                R0[k, 0], R0[k, 2] = A[i], B0[i]
-                R1[k, 2], R1[k, 3] = B0[i] * g[k], -B0[i] * g[k]
+                R0[k, E.EX], R0[k, E.EH1] = A[i], B0[i]
+                R1[k, E.EH1], R1[k, E.EH2] = B0[i] * g[k], -B0[i] * g[k]
         return R0, R1
 
     def weight_vector(self, K: int) -> np.ndarray:
@@ -323,9 +336,3 @@ class LTC(Policy):
         models[steps] = EXTRAPOLATE
         extrap[steps] = R0 + w[:, None] * R1
         return Decision(models, extrap)
-
-    @classmethod
-    def auto(cls, model_fns, schedule, **kwargs):
-        """Choose interval and cadence for a requested NFE or speed-up (see :func:`ltc.ltc_auto.auto`)."""
-        from ..ltc_auto import auto
-        return auto(model_fns, schedule, **kwargs)

@@ -20,6 +20,9 @@ import math
 
 import torch
 
+from .data import digits
+from .loader import load_classifier
+
 DATA_RANGE = 2.0
 _cache: dict = {}
 
@@ -28,7 +31,6 @@ def _classifier(classifier):
     if classifier is not None:
         return classifier
     if "classifier" not in _cache:
-        from . import load_classifier
         _cache["classifier"] = load_classifier()
     return _cache["classifier"]
 
@@ -81,10 +83,8 @@ def data_features(split: str = "all", classifier=None) -> torch.Tensor:
     """Features of the data set's ``split`` (cached for the default classifier)."""
     key = ("features", split)
     if classifier is not None:
-        from .data import digits
         return features(digits(split)[0], classifier)
     if key not in _cache:
-        from .data import digits
         _cache[key] = features(digits(split)[0])
     return _cache[key]
 

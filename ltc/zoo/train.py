@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..schedule import Schedule
 from . import data as D
 from .nets import NULL_CLASS, Classifier, UNet, count_macs
-from .store import save_weights
+from ..io import save_weights
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "zoo_training.json"

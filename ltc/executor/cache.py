@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .graph_capture import GraphCaptureError
+from .capture import GraphCaptureError
 
 
 def _referent(obj):

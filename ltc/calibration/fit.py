@@ -3,14 +3,14 @@
 Passes, all on the calibration noises (model calls counted in ``Calibration.cost``):
 
 1. the full-N run of the sampler (N calls), recording the coherence curve;
-2. the fit walk (:class:`ltc.ltc_walk.LTCWalk` in fit mode; NFE + K calls): the one-step
+2. the fit walk (:class:`ltc.calibration.walk.LTCWalk` in fit mode; NFE + K calls): the one-step
    closed-form least squares at each extrapolated step, clamped to ``clamp``, continuing from the
    extrapolated state (``objective="step"`` stops here);
 3. ``objective="trajectory"``: the teacher's endpoints and Levenberg-Marquardt on the whole weight
-   vector (:mod:`ltc.trajectory_fit`), started at the one-step fit;
+   vector (:mod:`ltc.calibration.trajectory`), started at the one-step fit;
 4. the report (``report=True``): the teacher, the plain samplers at the LTC NFE and LTC w = 1, on
    the calibration noises and on ``held_out`` noises when given, and the refusal rule
-   (:mod:`ltc.calibration_report`).  A refused calibration is announced with a warning, and the
+   (:mod:`ltc.calibration.report`).  A refused calibration is announced with a warning, and the
    summary names the better plain plan.
 """
 from __future__ import annotations
@@ -21,18 +21,19 @@ import warnings
 import numpy as np
 import torch
 
-from . import ops
-from .arguments import initial_state, sampling_arguments
-from .calibration import Calibration
-from .calibration_report import decide, decision_line, row
-from .calibration_runs import Runner, evaluated_grid, teacher_grid
-from .ltc_walk import LTCWalk
-from .models import as_models
-from .plan import Plan, compile_plan
-from .policies import Full, LTC
-from .samplers import DPMSolverPP
-from .schedule import Schedule
-from .trajectory_fit import fit_trajectory
+from .. import ops
+from .._version import __version__
+from ..api import initial_state, sampling_arguments
+from ..models import as_models
+from ..plan import Plan, compile_plan
+from ..policies import LTC, Full
+from ..samplers import DPMSolverPP
+from ..schedule import Schedule
+from .file import Calibration
+from .report import decide, decision_line, row
+from .runs import Runner, evaluated_grid, teacher_grid
+from .trajectory import fit_trajectory
+from .walk import LTCWalk
 
 OBJECTIVES = ("step", "trajectory")
 TEACHERS = ("dpmpp_2m", "full")
@@ -74,7 +75,7 @@ def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampl
         noise | shape + generator: the calibration noises ``[B, *S]`` (e.g. 64 samples).
         held_out: other noises ``[B', *S]`` for the report (with ``held_out_kwargs``).
         objective: ``"step"`` (one-step closed-form least squares) or ``"trajectory"``
-            (endpoint against ``teacher``, :mod:`ltc.trajectory_fit`; ``ridge``, ``max_iter``,
+            (endpoint against ``teacher``, :mod:`ltc.calibration.trajectory`; ``ridge``, ``max_iter``,
             ``fd_step``).
         teacher: ``"dpmpp_2m"`` (DPM-Solver++(2M), 2N steps on the same schedule), ``"full"``
             (the full-N run of ``sampler``) or an :class:`ltc.Plan` on the same models.
@@ -99,7 +100,7 @@ def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampl
 
 class Session:
     """The validated inputs of a calibration and its memoised plain runs, shared by several
-    calibrations on the same noises (:func:`ltc.ltc_auto.auto` tries several LTC structures).
+    calibrations on the same noises (:func:`ltc.calibration.auto.auto` tries several LTC structures).
     ``calls`` counts every model call made so far."""
 
     def __init__(self, model_fns, schedule, *, sampler, steps, noise=None, shape=None, generator=None,
@@ -205,7 +206,6 @@ class Session:
             rep = self._report(policy, ltc_plan, full_plan, judge, judge_name, walk, w, x_full, x_ltc,
                                objective, cost)
         cost["total"] = sum(v for k, v in cost.items() if k != "held_out")
-        from . import __version__
         skip = walk.skip
         return Calibration(weights=np.asarray(w, np.float64), weights_step=w_step, steps=np.asarray(skip, np.int64),
                            gamma=policy.gammas(grid, skip), residual=residual, w_mean=np.nanmean(per_sample, 1),
@@ -235,7 +235,7 @@ class Session:
 
     def _rows(self, runner: Runner, walk: LTCWalk, x_full, x_ltc, ltc_plan, teacher_plan, w, objective, state,
               base) -> list[dict]:
-        """The report rows on one noise set (see :mod:`ltc.calibration_report`)."""
+        """The report rows on one noise set (see :mod:`ltc.calibration.report`)."""
         grid, solver = self.grid, self.solver
         N, nfe = grid.steps, ltc_plan.nfe
         T = runner.run_plan(teacher_plan)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .plan import Col
+from .contract import Col
 
 # Plain-int column indices (IntEnum indexing of a tuple sends torch.compile into a recursion).
 PX, PM, A, B0, B1, B2, NOISE, GUIDANCE, EX, EXP, EH1, EH2, IN, IC = (int(c) for c in Col)

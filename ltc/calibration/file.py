@@ -23,7 +23,6 @@ digest mismatch and a key that does not match the stored grid and structure.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .policies.ltc_accel import LTC, calibration_key
-from .schedule import Grid
+from .._version import __version__
+from ..io import tensors_digest
+from ..policies.ltc_accel import LTC, calibration_key
+from ..schedule import Grid
+from .report import format_summary
 
 FORMAT = "ltc-calibration"
 FORMAT_VERSION = 1
@@ -42,19 +44,9 @@ METADATA = ("format", "format_version", "ltc_version", "key", "family", "sampler
             "cost", "report", "accepted", "summary", "content_sha256")
 
 
-def _version() -> str:
-    from . import __version__
-    return __version__
-
-
 def content_digest(tensors: dict) -> str:
-    """sha256 over the sorted tensors' names, dtypes, shapes and bytes."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    """sha256 over the sorted tensors' names, dtypes, shapes and bytes (``|``-separated)."""
+    return tensors_digest(tensors, "|")
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +58,7 @@ class Calibration:
     one-step fit, sum_b |x* - x_ext|^2 / sum_b |x* - x_i|^2), ``w_mean`` / ``w_std`` (per-sample
     one-step optima across the batch).  ``coherence [N-1]``: mean over the batch of
     cos(Delta_{i-1}, Delta_i), i = 1..N-1, on the full-N trajectory.  ``report``: the comparison
-    rows and the refusal decision (:mod:`ltc.calibration_report`).
+    rows and the refusal decision (:mod:`ltc.calibration.report`).
     """
 
     weights: np.ndarray
@@ -98,7 +90,6 @@ class Calibration:
 
     def summary(self) -> str:
         """The comparison table, the decision and the fitted weights, as text."""
-        from .calibration_report import format_summary
         return format_summary(self)
 
     def policy(self, base=None) -> LTC:
@@ -155,7 +146,7 @@ class Calibration:
         """Write the calibration to ``path`` (safetensors with metadata; see the module docstring)."""
         from safetensors.torch import save_file
         tensors = self._tensors()
-        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "ltc_version": self.version or _version(),
+        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "ltc_version": self.version or __version__,
                 "key": self.key, "family": self.grid.family, "sampler": json.dumps(self.sampler),
                 "structure": json.dumps(self.structure), "fit": json.dumps(self.fit), "cost": json.dumps(self.cost),
                 "report": json.dumps(self.report), "accepted": json.dumps(self.accepted),

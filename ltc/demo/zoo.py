@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 
-import ltc
-from ltc import zoo
-from ltc.policies import LTC, Full, TStitch
+from .. import zoo
+from ..api import sample
+from ..calibration import Calibration, calibrate
+from ..plan import compile_plan
+from ..policies import LTC, Full, TStitch
 
-from .samplers import get_sampler
+from ..samplers import get_sampler
 from .table import format_table
 
 SAMPLER = "dpmpp_2m"
@@ -38,7 +40,7 @@ def _macs(name: str) -> float:
 
 def _run(models, schedule, policy, steps, noise, kwargs, guidance, progress):
     start = time.perf_counter()
-    x, info = ltc.sample(models, schedule, policy, sampler=SAMPLER, steps=steps, noise=noise,
+    x, info = sample(models, schedule, policy, sampler=SAMPLER, steps=steps, noise=noise,
                          model_kwargs=kwargs, guidance_scale=guidance, return_info=True, progress=progress)
     return x, info, time.perf_counter() - start
 
@@ -72,13 +74,13 @@ def run(steps: int = 20, batch: int = 50, fraction: float = 0.4, guidance: float
     def calibrated(name, models, policy):
         path = CALIBRATIONS / f"{name}.safetensors"
         if recalibrate or not path.is_file():
-            cal = ltc.calibrate(models, schedule, policy, steps=steps, noise=calib_noise, model_kwargs=calib_kwargs,
+            cal = calibrate(models, schedule, policy, steps=steps, noise=calib_noise, model_kwargs=calib_kwargs,
                                 guidance_scale=guidance, verbose=False)
             path.parent.mkdir(parents=True, exist_ok=True)
             cal.save(path)
             print(f"calibrated {name} on {calib} other noises: saved {path}")
         else:
-            cal = ltc.Calibration.load(path)
+            cal = Calibration.load(path)
         return policy.replace(weights=cal), cal
 
     stitch = TStitch([fraction])
@@ -93,7 +95,7 @@ def run(steps: int = 20, batch: int = 50, fraction: float = 0.4, guidance: float
     for name, models, policy, n in setups:
         runs.append((name, models, policy, n))
         if name != "full":
-            plan = ltc.compile_plan(schedule.discretize(n), get_sampler(SAMPLER), policy,
+            plan = compile_plan(schedule.discretize(n), get_sampler(SAMPLER), policy,
                                     [m.prediction for m in models], guidance)
             rel = sum(k * c for k, c in zip(plan.nfe_per_model(), cost)) / steps
             plain = max(1, int(rel * steps + 1e-9))

@@ -1,6 +1,6 @@
 """Dispatch of the fused step operations to one of three implementations of one signature.
 
-* ``reference`` -- :mod:`ltc.ops_reference`, plain torch (always available; the specification).
+* ``reference`` -- :mod:`ltc.ops.reference`, plain torch (always available; the specification).
 * ``triton``    -- :mod:`ltc.kernels` (needs triton; on CPU tensors only with ``TRITON_INTERPRET=1``).
 * ``cuda``      -- the optional compiled extension built from ``csrc/`` (``LTC_BUILD_CUDA=1``).
 
@@ -15,7 +15,7 @@ import os
 from types import ModuleType
 
 BACKENDS = ("auto", "reference", "triton", "cuda")
-_MODULES = {"reference": "ltc.ops_reference", "triton": "ltc.kernels", "cuda": "ltc.ops_cuda"}
+_MODULES = {"reference": "ltc.ops.reference", "triton": "ltc.kernels", "cuda": "ltc.ops.cuda"}
 _loaded: dict[str, ModuleType] = {}
 _errors: dict[str, str] = {}
 

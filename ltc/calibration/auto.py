@@ -8,8 +8,8 @@ Rule.  With N steps and a requested NFE, K = N - NFE steps must be extrapolated.
    extrapolated steps (start = end - K e, end = N, N-1, ...).  Score = the mean coherence at the
    extrapolated steps i (the transition x_i -> x_{i+1} that the extrapolation predicts from
    x_{i-1} -> x_i), ties broken towards later intervals.  The ``candidates`` best-scoring ones
-   are calibrated (:meth:`ltc.calibration_fit.Session.calibrate`, sharing the plain runs).
-3. Keep the calibrations the refusal rule accepts (:mod:`ltc.calibration_report`) and return
+   are calibrated (:meth:`ltc.calibration.fit.Session.calibrate`, sharing the plain runs).
+3. Keep the calibrations the refusal rule accepts (:mod:`ltc.calibration.report`) and return
    the one with the smallest median distance to the teacher.  When none is accepted, return the
    best plain plan at that NFE (the plain row with the smallest median over all candidates'
    reports) and say so.
@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .calibration import Calibration
-from .calibration_fit import Session
-from .policies import Full, LTC
-from .samplers import DPMSolverPP, Sampler, get_sampler
-from .schedule import Schedule
+from ..api import sample
+from ..policies import LTC, Full
+from ..policies.ltc_accel import first_extrapolable_step
+from ..samplers import DPMSolverPP, Sampler, get_sampler
+from ..schedule import Schedule
+from .file import Calibration
+from .fit import Session
 
 
 @dataclass
@@ -44,14 +46,13 @@ class AutoChoice:
     cost: int = 0
 
     def sample(self, model_fns, **kwargs):
-        from .api import sample
         return sample(model_fns, self.schedule, self.policy, sampler=self.sampler, steps=self.steps, **kwargs)
 
 
 def candidate_structures(coherence: np.ndarray, steps: int, skips: int, everies, *, state: str = "x0") -> list:
     """``(score, start, end, every)`` of every interval with exactly ``skips`` extrapolations, best first."""
     out = []
-    first = 2 if state == "x0" else 1
+    first = first_extrapolable_step(state)
     for e in everies:
         for end in range(steps, 0, -1):
             start = end - skips * e

@@ -2,8 +2,8 @@
 
 A compiled plan fixes every decision before sampling (which model runs at step i, whether step
 i is extrapolated, how many past estimates it reads, whether it draws noise), so the walk of
-:func:`ltc.executor.run_eager` is a fixed sequence of device operations on fixed buffers, and
-can be captured (:mod:`ltc.graph_walk`):
+:func:`ltc.executor.eager.run_eager` is a fixed sequence of device operations on fixed buffers, and
+can be captured (:mod:`ltc.executor.replay`):
 
 * ``"whole"`` -- all N steps in one graph.  Sampling is: copy the noise and the tensor
   ``model_kwargs`` into static buffers, one replay, copy the samples out.
@@ -25,11 +25,11 @@ the first call and raises (ValueError before any work for the CPU / callback / p
 A model's Python code runs at warm-up (once per distinct step) and at capture only; replays
 repeat its device work, so Python side effects (counters, prints, host decisions) do not recur.
 
-Captured walks are cached (:mod:`ltc.graph_cache`: keyed by plan fingerprint, shape, dtype,
+Captured walks are cached (:mod:`ltc.executor.cache`: keyed by plan fingerprint, shape, dtype,
 device, model identities, ...; the 8 most recent are kept, each holding its models, buffers and
 graph memory); a failed capture is remembered under its key too, so ``"auto"`` does not retry
 it.  :func:`clear_cache` frees everything.  Capture happens through a backend
-(:mod:`ltc.graph_capture`): CUDA graphs, or :class:`RecordedGraphs` to run graph mode on the
+(:mod:`ltc.executor.capture`): CUDA graphs, or :class:`RecordedGraphs` to run graph mode on the
 CPU (``with use_backend(RecordedGraphs()): ...``).  Not thread-safe: capture one walk at a time.
 """
 from __future__ import annotations
@@ -39,10 +39,10 @@ import warnings
 
 import torch
 
-from .executor import run_eager
-from .graph_cache import GraphCache, identify, kwargs_signature
-from .graph_capture import CudaGraphs, GraphCaptureError, GraphTooLargeError, RecordedGraphs, registers_generators
-from .graph_walk import CapturedWalk
+from .cache import GraphCache, identify, kwargs_signature
+from .capture import CudaGraphs, GraphCaptureError, GraphTooLargeError, RecordedGraphs, registers_generators
+from .eager import run_eager
+from .replay import CapturedWalk
 
 OPTIONS = ("auto", True, False, "whole", "step")
 EXECUTORS = ("eager", "graph-whole", "graph-step")
@@ -76,7 +76,7 @@ def cache_size() -> int:
 @contextlib.contextmanager
 def use_backend(backend):
     """Use another capture backend inside the block, e.g. ``RecordedGraphs()`` to exercise graph
-    mode on the CPU (see :mod:`ltc.graph_capture`)."""
+    mode on the CPU (see :mod:`ltc.executor.capture`)."""
     global _backend
     previous, _backend = _backend, backend
     try:

@@ -1,7 +1,7 @@
 """Plain reference runs of a calibration: endpoints of compiled plans on one noise set.
 
 Used by :func:`ltc.calibrate` for the teacher, the full-N run (with its coherence curve) and the
-plain samplers at the LTC NFE.  Everything runs through :func:`ltc.executor.run_eager`; endpoints
+plain samplers at the LTC NFE.  Everything runs through :func:`ltc.executor.eager.run_eager`; endpoints
 are memoised by plan fingerprint and model calls are counted (one call = one batched model
 evaluation, a CFG call on the doubled batch counting once, as :attr:`ltc.Plan.nfe`).
 
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .executor import run_eager
-from .plan import EXTRAPOLATE, Plan, compile_plan
-from .policies import Full
-from .schedule import Grid
+from ..executor.eager import run_eager
+from ..plan import EXTRAPOLATE, Plan, compile_plan
+from ..policies import Full
+from ..schedule import Grid
 
 
 def teacher_grid(schedule, grid: Grid) -> Grid:

@@ -1,6 +1,6 @@
 """Capture backends: how a function of static tensors becomes a graph that replays its device work.
 
-The graph executor (:mod:`ltc.graphs`) hands a backend a Python function ``fn`` that reads and
+The graph executor (:mod:`ltc.executor.graph`) hands a backend a Python function ``fn`` that reads and
 writes only tensors allocated before the capture (plus temporaries it makes itself).  One small
 protocol, two implementations:
 

@@ -1,7 +1,8 @@
-"""Weight files of the zoo: safetensors with string metadata and a digest of the tensor bytes.
+"""Checked safetensors files: string metadata and a digest of the tensors (no pickle anywhere).
 
-Every file carries ``tensors_sha256``: the sha256 over ``name \\0 dtype \\0 shape \\0 bytes`` of
-each tensor in sorted name order.  Reading re-computes it, so a corrupted (bit-flipped) file is
+The zoo's weight files carry ``tensors_sha256``: the sha256 over ``name \\0 dtype \\0 shape \\0 bytes``
+of each tensor in sorted name order (:func:`tensors_digest`; calibration files use the same digest
+with ``|`` as the separator).  Reading re-computes it, so a corrupted (bit-flipped) file is
 refused as well as a truncated one.  No pickle is involved anywhere.
 """
 from __future__ import annotations
@@ -12,12 +13,13 @@ from pathlib import Path
 import torch
 
 
-def tensors_digest(tensors: dict) -> str:
-    """sha256 of the tensors' names, dtypes, shapes and bytes (sorted by name)."""
+def tensors_digest(tensors: dict, separator: str = "\0") -> str:
+    """sha256 of the tensors' names, dtypes, shapes and bytes (sorted by name), each field
+    followed by ``separator``."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(f"{name}{separator}{t.dtype}{separator}{tuple(t.shape)}{separator}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 

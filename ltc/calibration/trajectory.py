@@ -13,7 +13,7 @@ on the residual vector r(w) = [(x_end(w) - T) / sqrt(E0);  sqrt(rho) (w - w0)]:
 accepting a step only when it lowers L by more than a relative 1e-4 (else mu *= 10 and retry;
 mu /= 10 after an accepted step).  J is the forward-difference Jacobian of x_end in each w_k with
 step h; the probe for skip k restarts from the checkpoint taken just before skip k on the current
-path, so it costs only the model calls after that step (:meth:`ltc.ltc_walk.LTCWalk.calls_from`).
+path, so it costs only the model calls after that step (:meth:`ltc.calibration.walk.LTCWalk.calls_from`).
 The ridge keeps w near the one-step fit where the endpoint is nearly flat in some w_k.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .executor import NonFiniteError
-from .ltc_walk import LTCWalk
+from ..executor.walk import NonFiniteError
+from .walk import LTCWalk
 
 
 def fit_trajectory(walk: LTCWalk, noise: torch.Tensor, teacher: torch.Tensor, w0: np.ndarray, *,

@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .zoo.nets import UNet, timestep_embedding
+from .nets import UNet, timestep_embedding
 
 DIT_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
 LATENT = (4, 32, 32)

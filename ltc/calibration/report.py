@@ -1,7 +1,7 @@
 """The calibration report and the refusal rule.
 
 Every row is an endpoint from the same noises, measured against the *strong teacher* (default
-DPM-Solver++(2M) with 2N steps, :func:`ltc.calibration_runs.teacher_grid`) by the per-sample RMS
+DPM-Solver++(2M) with 2N steps, :func:`ltc.calibration.runs.teacher_grid`) by the per-sample RMS
 distance d_b = sqrt(mean_features (x_b - x_teacher,b)^2); a row gives its median over the
 samples, its RMS over everything, and the RMS distance to the full-N run of the sampler itself.
 
@@ -16,7 +16,7 @@ i.e. it must beat the *best* plain sampler at equal model calls, judged against 
 more accurate than both.  The median keeps a few samples that flip to another mode from deciding;
 judging against the full-N run of the same sampler would only reward reproducing its error.
 The judge must also be independent of what was fitted: a trajectory fit to the 2N teacher is
-judged by DPM-Solver++(2M) with 4N steps (:meth:`ltc.calibration_fit.Session.judge`), because
+judged by DPM-Solver++(2M) with 4N steps (:meth:`ltc.calibration.fit.Session.judge`), because
 it would otherwise look better than it is by the teacher's own error (on flow grids, where
 DPM-Solver++(2M) with 2N steps can be no better than Euler with N, that made false accepts).
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration_runs import sample_distance
+from .runs import sample_distance
 
 
 def row(name: str, kind: str, nfe: int, x, teacher, full, spec: dict | None = None) -> dict:

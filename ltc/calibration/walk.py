@@ -3,7 +3,7 @@
 An LTC plan is the base plan (every step a model step, :class:`ltc.plan.Plan` of the base policy)
 with the skipped steps k = 1..K replaced by extrapolations whose six coefficients are affine in the
 weight, ``R0_k + w_k R1_k`` (:meth:`ltc.policies.LTC.rows`).  :class:`LTCWalk` walks it with the
-step operations of :mod:`ltc.ops` (model steps through :func:`ltc.executor.advance`) and the
+step operations of :mod:`ltc.ops` (model steps through :class:`ltc.executor.walk.Walk`) and the
 weights as a device tensor ``[K]``, so one compiled base plan serves every weight vector (and no
 weight is copied to the host inside the loop; one finiteness check runs after it).
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .executor import NonFiniteError, advance, compute_dtype
-from .models import check_output
-from .plan import EXTRAPOLATION_COLS, NCOLS, Plan
+from ..executor.walk import NonFiniteError, Walk
+from ..ops.contract import EXTRAPOLATION_COLS, NCOLS, compute_dtype, extrapolation_reads
+from ..plan import Plan
 
 
 @dataclass
@@ -58,7 +58,12 @@ class WalkResult:
 
 
 class LTCWalk:
-    """Walks ``base_plan`` with the steps ``skip`` extrapolated by ``R0 + w R1`` (each ``[K, 6]``)."""
+    """Walks ``base_plan`` with the steps ``skip`` extrapolated by ``R0 + w R1`` (each ``[K, 6]``).
+
+    The model steps are those of a :class:`ltc.executor.walk.Walk` of the base plan (one per state
+    shape, reused by every run); the extrapolated steps call ``extrapolate_step`` on its buffers
+    with this walk's own table.
+    """
 
     def __init__(self, base_plan: Plan, skip, R0, R1, models, *, ops, model_kwargs=None,
                  dtype: torch.dtype, device):
@@ -67,36 +72,33 @@ class LTCWalk:
         self.skip = [int(i) for i in skip]
         self.index = {i: k for k, i in enumerate(self.skip)}
         self.dtype, self.device = dtype, torch.device(device)
-        ct = compute_dtype(dtype)
-        self.ct = ct
-        self.coefs = base_plan.coefficients(ct, self.device)
-        t_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        self.timesteps = base_plan.timesteps(t_dtype, self.device)
-        cols = torch.tensor([int(c) for c in EXTRAPOLATION_COLS], device=self.device)
-        self.cols = cols
+        self.ct = compute_dtype(dtype)
+        self.cols = torch.tensor([int(c) for c in EXTRAPOLATION_COLS], device=self.device)
         N = base_plan.steps
-        self.T0 = torch.zeros((N, NCOLS), dtype=ct, device=self.device)
+        self.T0 = torch.zeros((N, NCOLS), dtype=self.ct, device=self.device)
         self.T1 = torch.zeros_like(self.T0)
         rows = torch.tensor(self.skip, device=self.device)
-        r0 = torch.as_tensor(R0, dtype=ct, device=self.device)
-        r1 = torch.as_tensor(R1, dtype=ct, device=self.device)
-        self.T0[rows[:, None], cols[None, :]] = r0
-        self.T1[rows[:, None], cols[None, :]] = r1
-        both = (r0 != 0) | (r1 != 0)
-        self.reads = [2 if bool(both[k, 3]) else 1 if bool(both[k, 2]) else 0 for k in range(len(self.skip))]
+        r0 = torch.as_tensor(R0, dtype=self.ct, device=self.device)
+        r1 = torch.as_tensor(R1, dtype=self.ct, device=self.device)
+        self.T0[rows[:, None], self.cols[None, :]] = r0
+        self.T1[rows[:, None], self.cols[None, :]] = r1
+        both = ((r0 != 0) | (r1 != 0)).cpu()
+        self.reads = [extrapolation_reads(both[k]) for k in range(len(self.skip))]
         self.calls = 0
+        self._walks: dict = {}
 
     @property
     def K(self) -> int:
         return len(self.skip)
 
-    def _call(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        model = self.models[self.plan.models[i]]
-        inp = torch.cat([x, x]) if self.plan.cfg else x
-        pred = model(inp, self.timesteps[i].expand(inp.shape[0]), **self.kwargs)
-        check_output(pred, inp, i, model)
-        self.calls += 1
-        return pred
+    def _walk(self, template: torch.Tensor) -> Walk:
+        """The base plan's walk for states shaped like ``template`` (model outputs are checked for
+        shape, dtype and device; their values once, on the endpoint)."""
+        key = tuple(template.shape)
+        if key not in self._walks:
+            self._walks[key] = Walk(self.plan, self.models, template, ops=self.ops, model_kwargs=self.kwargs,
+                                    check_finite="off")
+        return self._walks[key]
 
     def calls_from(self, step: int) -> int:
         """Model calls of a (non-fitting) walk from ``step`` to the end."""
@@ -114,45 +116,50 @@ class LTCWalk:
             raise ValueError("give weights, or fit=(lo, hi) to fit them")
         W = torch.ones(self.K, dtype=self.ct, device=self.device) if weights is None else \
             weights.to(self.ct).clone()
+        walk = self._walk(noise if start is None else start.x)
         if start is None:
-            x = noise.clone()
-            xp = torch.empty_like(x)
-            hist = torch.empty((3, *x.shape), dtype=x.dtype, device=x.device)
+            walk.load(noise)
             s = 0
         else:
-            x, xp, hist, s = start.x.clone(), start.x_prev.clone(), start.hist.clone(), start.step
-        B = x.shape[0]
+            s = start.step
+            walk.state(s).copy_(start.x)
+            walk.state(s + 1).copy_(start.x_prev)
+            walk.hist.copy_(start.hist)
         work = self.T0.clone()
-        result = WalkResult(x, W)
+        result = WalkResult(None, W)
         stats = []
-        scratch = [torch.empty_like(x) for _ in range(3)] if fit is not None else None
+        scratch = [torch.empty_like(walk.xs[0]) for _ in range(3)] if fit is not None else None
         for i in range(s, self.plan.steps):
             k = self.index.get(i)
             if k is None:
-                advance(self.plan, i, x, xp, hist, self.coefs, self.ops, self._call(i, x))
-            else:
-                if keep_checkpoints:
-                    result.checkpoints[k] = Checkpoint(i, x.clone(), xp.clone(), hist.clone())
-                if fit is not None:
-                    stats.append(self._fit_step(i, k, x, xp, hist, W, fit, scratch))
-                work[i, self.cols] = self.T0[i, self.cols] + W[k] * self.T1[i, self.cols]
-                self.ops.extrapolate_step(x, xp, hist, work, i, xp, reads=self.reads[k])
-            x, xp = xp, x
+                walk.step(i)
+                self.calls += 1
+                continue
+            x, xp = walk.state(i), walk.state(i + 1)
+            if keep_checkpoints:
+                result.checkpoints[k] = Checkpoint(i, x.clone(), xp.clone(), walk.hist.clone())
+            if fit is not None:
+                stats.append(self._fit_step(walk, i, k, W, fit, scratch))
+            work[i, self.cols] = self.T0[i, self.cols] + W[k] * self.T1[i, self.cols]
+            self.ops.extrapolate_step(x, xp, walk.hist, work, i, xp, reads=self.reads[k])
+        x = walk.finish().clone()
         if not bool(torch.isfinite(x).all()):  # one host check, after the loop
             raise NonFiniteError("the LTC walk produced NaN or Inf (a model output or an extrapolation "
                                  "diverged)")
         result.x = x
         if stats:
+            B = x.shape[0]
             dots, res, tra = (torch.stack(v).double().cpu() for v in zip(*stats))
             result.dots, result.residual, result.transition = dots, res.reshape(-1, B), tra.reshape(-1, B)
         return result
 
-    def _fit_step(self, i, k, x, xp, hist, W, bounds, scratch):
+    def _fit_step(self, walk: Walk, i, k, W, bounds, scratch):
         base, dirn, star = scratch
-        ops = self.ops
+        ops, x, xp, hist = self.ops, walk.state(i), walk.state(i + 1), walk.hist
         ops.extrapolate_step(x, xp, hist, self.T0, i, base, reads=self.reads[k])
         ops.extrapolate_step(x, xp, hist, self.T1, i, dirn, reads=self.reads[k])
-        advance(self.plan, i, x, star, hist, self.coefs, ops, self._call(i, x))   # the true next state x*
+        walk.advance(i, walk.call(i), out=star)                         # the true next state x*
+        self.calls += 1
         dots = ops.transition_dots(base, base - dirn, star)            # [B, 2]: <dir, r>, <dir, dir>
         num, den = dots.to(self.ct).sum(0)
         w = torch.where(den > 0, num / den.clamp_min(torch.finfo(self.ct).tiny), torch.ones_like(num))

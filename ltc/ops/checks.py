@@ -1,5 +1,5 @@
 """Host-side argument checks shared by the compiled step-op backends (:mod:`ltc.kernels`,
-:mod:`ltc.ops_cuda`), so both refuse the same inputs with the same messages.  Torch only: it
+:mod:`ltc.ops.cuda`), so both refuse the same inputs with the same messages.  Torch only: it
 imports neither triton nor the extension."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numbers
 
 import torch
 
-from .arguments import FLOAT_DTYPES
+from .contract import FLOAT_DTYPES
 
 
 def tensor(name: str, t, dtypes=FLOAT_DTYPES) -> torch.Tensor:

@@ -3,11 +3,11 @@
 The kernels live in ``csrc/`` and register ``torch.ops.ltc_cuda.{model_step, extrapolate_step,
 transition_dots}`` when loaded: from the built module ``ltc._C`` (``LTC_BUILD_CUDA=1 pip install
 --no-build-isolation -e .``), or, with ``LTC_CUDA_JIT=1``, compiled on import by
-:func:`ltc.cuda_build.load`.  This module always imports: without the extension (or without a
+:func:`ltc.ops.cuda_build.load`.  This module always imports: without the extension (or without a
 CUDA device) ``AVAILABLE`` is False, ``UNAVAILABLE_REASON`` says why and how to build it, and the
 three functions raise ``RuntimeError`` after checking their arguments.
 
-The functions have the signatures and semantics of :mod:`ltc.ops_reference` (the specification):
+The functions have the signatures and semantics of :mod:`ltc.ops.reference` (the specification):
 
     model step:        m = m_u + G (m_c - m_u) (cfg);  D_i = PX x + PM m
                        out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
@@ -17,7 +17,7 @@ The functions have the signatures and semantics of :mod:`ltc.ops_reference` (the
 Conventions of this backend: all tensors on one CUDA device; one storage dtype (fp16, bf16, fp32
 or fp64) shared by ``x``, ``model_out``/``x_prev``/``x_target``, ``noise``, ``hist`` and ``out``;
 ``coefs`` in the compute dtype (float32, float64 for fp64 storage) -- exactly what
-:func:`ltc.executor.run_eager` passes.  Read-only inputs that are not contiguous are copied once;
+:func:`ltc.executor.eager.run_eager` passes.  Read-only inputs that are not contiguous are copied once;
 ``out`` and ``hist`` are written in place and must be contiguous.  ``out`` may be ``x`` (or
 ``x_prev``) itself, but may not overlap any other argument.  ``step`` is an int in ``[0, N)``, or
 a 0-d integer tensor on the device, read inside the kernel (graph replay); a device index outside
@@ -30,8 +30,8 @@ import os
 
 import torch
 
-from .op_checks import readable, reads_of, step_of, tensor, writable
-from .plan import NCOLS
+from .checks import readable, reads_of, step_of, tensor, writable
+from .contract import NCOLS
 
 _BUILD_HINT = ("build it with `LTC_BUILD_CUDA=1 pip install --no-build-isolation -e .` (needs a CUDA "
                "toolkit and a CUDA build of torch), or set LTC_CUDA_JIT=1 to compile csrc/ on import")
@@ -72,7 +72,7 @@ AVAILABLE = not UNAVAILABLE_REASON
 
 def _require(name: str) -> None:
     if not AVAILABLE:
-        raise RuntimeError(f"ltc.ops_cuda.{name}: {UNAVAILABLE_REASON}")
+        raise RuntimeError(f"ltc.ops.cuda.{name}: {UNAVAILABLE_REASON}")
 
 
 # ---------------------------------------------------------------- argument checks
@@ -130,7 +130,7 @@ def _on_cuda(**tensors) -> None:
 def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                step, out: torch.Tensor, *, reads: int, cfg: bool,
                noise: torch.Tensor | None = None) -> None:
-    """One model step, fused (see the module docstring and :func:`ltc.ops_reference.model_step`):
+    """One model step, fused (see the module docstring and :func:`ltc.ops.reference.model_step`):
 
         m = m_u + G (m_c - m_u);  D_i = PX x + PM m;
         out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
@@ -154,7 +154,7 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
 
 def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                      step, out: torch.Tensor, *, reads: int) -> None:
-    """One extrapolated step, fused (see :func:`ltc.ops_reference.extrapolate_step`):
+    """One extrapolated step, fused (see :func:`ltc.ops.reference.extrapolate_step`):
 
         out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};   hist[i % H] = IN out + IC x
     """

@@ -1,8 +1,8 @@
 """Development build of the CUDA extension: compile ``csrc/`` on the fly with
 :func:`torch.utils.cpp_extension.load` and register ``torch.ops.ltc_cuda.*`` in this process.
 
-    LTC_CUDA_JIT=1 python -c "import ltc.ops; print(ltc.ops.available('cuda'))"   # via ltc.ops_cuda
-    python -m ltc.cuda_build                                                       # build (cached) and report
+    LTC_CUDA_JIT=1 python -c "import ltc.ops; print(ltc.ops.available('cuda'))"   # via ltc.ops.cuda
+    python -m ltc.ops.cuda_build                                                       # build (cached) and report
 
 The sources are those ``setup.py`` builds into ``ltc._C`` (every ``csrc/*.cpp`` and ``csrc/*.cu``)
 with the same flags; torch caches the build under ``TORCH_EXTENSIONS_DIR`` (default

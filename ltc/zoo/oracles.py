@@ -19,9 +19,8 @@ import math
 
 import torch
 
-from . import predictions as P
-from .models import Model
-from .schedule import Grid, Schedule
+from ..models import Model, canonical, from_x0
+from ..schedule import Grid, Schedule
 
 
 class _Oracle:
@@ -51,14 +50,14 @@ class _Oracle:
 
     def as_prediction(self, prediction: str) -> Model:
         """This oracle as a model predicting ``eps``, ``x0``, ``v`` or ``flow``."""
-        pred = P.canonical(prediction)
+        pred = canonical(prediction)
 
         def fn(x, t, **unused):
             alpha, sigma = self.schedule.noise_at(t.to(torch.float64))
             shape = (-1,) + (1,) * (x.dim() - 1)
             x64 = x.to(torch.float64)
             x0 = self._x0(x64, t)
-            out = P.from_x0(pred, x64, x0, alpha.reshape(shape), sigma.reshape(shape))
+            out = from_x0(pred, x64, x0, alpha.reshape(shape), sigma.reshape(shape))
             return out.to(x.dtype)
 
         return Model(fn, pred, f"{self.name}-{pred}")
