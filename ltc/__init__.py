@@ -4,10 +4,11 @@
     x = ltc.sample(model_fns, ltc.Schedule.vp("scaled_linear"), policy=None, sampler="dpmpp_2m", steps=20,
                    shape=(4, 4, 64, 64), generator=torch.Generator().manual_seed(0))
 
-The pipeline, one layer per module or package (each imports only those above it in this list):
-:mod:`.schedule`, :mod:`.models` -> :mod:`.samplers` -> :mod:`.policies` -> :mod:`.plan` ->
-:mod:`.ops`, :mod:`.executor` -> :mod:`.api` -> :mod:`.stepper`, :mod:`.calibration`,
-:mod:`.adapters`, :mod:`.distributed`, :mod:`.demo`.
+The pipeline, bottom layer first; each module imports only its own layer or those before it
+(``tests/test_layering.py``): :mod:`.schedule`, :mod:`.models`, :mod:`.ops.contract` ->
+:mod:`.samplers` -> :mod:`.plan` -> :mod:`.policies` -> :mod:`.ops` backends -> :mod:`.executor`
+-> :mod:`.api` -> :mod:`.stepper`, :mod:`.calibration`, :mod:`.adapters`, :mod:`.distributed`,
+:mod:`.zoo` -> :mod:`.demo`, :mod:`.cli`.
 """
 from . import ops, policies, samplers
 from ._version import __version__

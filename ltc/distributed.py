@@ -53,6 +53,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ._version import __version__
+from .io import tensors_digest
 from .api import sample, sampling_arguments
 from .models import as_models
 from .ops.contract import FLOAT_DTYPES
@@ -92,12 +93,7 @@ def shard_name(shard: int) -> str:
 
 def content_sha256(tensors: dict) -> str:
     """sha256 over the tensors sorted by name: name, dtype, shape and raw bytes of each."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return tensors_digest(tensors, "|")
 
 
 def local_device() -> torch.device:

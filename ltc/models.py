@@ -87,7 +87,7 @@ class Model:
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
         self.fn = fn
         self.prediction = canonical(prediction)
-        self.name = name or _default_name(fn)
+        self.name = name or default_name(fn)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.fn(x, t, **kwargs)
@@ -96,7 +96,8 @@ class Model:
         return f"Model({self.name!r}, prediction={self.prediction!r})"
 
 
-def _default_name(fn) -> str:
+def default_name(fn) -> str:
+    """The name a model is reported by: its ``name`` attribute, else its ``__name__``, else its type."""
     name = getattr(fn, "name", None)
     if isinstance(name, str):
         return name
@@ -130,7 +131,7 @@ def as_models(model_fns, prediction: str | None = None) -> list[Model]:
         if isinstance(fn, Model):
             models.append(fn)
         else:
-            models.append(Model(fn, chosen, _default_name(fn)))
+            models.append(Model(fn, chosen, default_name(fn)))
     names = [m.name for m in models]
     for k, m in enumerate(models):
         if names.count(m.name) > 1:

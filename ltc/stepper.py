@@ -38,7 +38,7 @@ import torch
 from . import ops
 from .api import check_generator, check_noise, sampling_arguments
 from .executor.walk import Walk, check_finite_mode
-from .models import PREDICTIONS, Model, canonical
+from .models import PREDICTIONS, Model, canonical, default_name
 from .plan import EXTRAPOLATE, Plan, compile_plan
 from .policies import Policy
 from .schedule import Schedule
@@ -71,9 +71,10 @@ def _prediction_names(predictions) -> list[str]:
 
 
 def _model_names(predictions, count: int) -> list[str]:
+    """Each model index's name in messages: as :func:`ltc.sample` names it for a model or callable
+    (:func:`ltc.models.default_name`), ``"model k"`` for a bare prediction type."""
     items = predictions if isinstance(predictions, Sequence) and not isinstance(predictions, str) else [predictions]
-    return [getattr(p, "name", None) if isinstance(getattr(p, "name", None), str) else f"model {k}"
-            for k, p in zip(range(count), items)]
+    return [f"model {k}" if isinstance(p, str) else default_name(p) for k, p in zip(range(count), items)]
 
 
 class Stepper:

@@ -45,7 +45,7 @@ def _run(models, schedule, policy, steps, noise, kwargs, guidance, progress):
     return x, info, time.perf_counter() - start
 
 
-CALIBRATIONS = Path(__file__).parent / "zoo" / "calibrations"
+CALIBRATIONS = zoo.CALIBRATIONS_DIR
 
 
 def run(steps: int = 20, batch: int = 50, fraction: float = 0.4, guidance: float = 2.0, calib: int = 20,

@@ -6,23 +6,25 @@ runs inside the sampling loop.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from ..plan import Decision, ExtrapolationCol
 
 
-class Policy:
-    """Base class.  Subclasses implement :meth:`decide` and :meth:`config`.
+class Policy(ABC):
+    """Base class.  Subclasses implement :meth:`decide` and :meth:`config`."""
 
-    ``config()`` must identify the decision completely (JSON-able): it enters the plan's
-    fingerprint and keys :func:`ltc.sample`'s cache of compiled plans.
-    """
+    @abstractmethod
+    def decide(self, grid, sampler, n_models: int) -> Decision:
+        """``models[i]`` (a model index or EXTRAPOLATE) and the ``[N, 6]`` extrapolation block for
+        ``n_models`` models on ``grid`` with ``sampler``; called once, when the plan is compiled."""
 
-    def decide(self, grid, sampler, n_models: int) -> Decision:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def config(self) -> dict:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def config(self) -> dict:
+        """JSON-able settings that identify the decision completely: they enter the plan's
+        fingerprint and key :func:`ltc.sample`'s cache of compiled plans."""
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "policy")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..ops.contract import compute_dtype
 from ..plan import Decision
 from .base import Policy, no_extrapolation
 
@@ -156,7 +157,7 @@ def check_compatible(models, x: torch.Tensor, t, model_kwargs=None, *, cfg: bool
     probe = x[:1]
     if cfg:
         probe = torch.cat([probe, probe])
-    t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # as the executor passes t
+    t_dtype = compute_dtype(x.dtype)  # as the walk passes t
     t = torch.as_tensor(t, dtype=t_dtype, device=x.device)
     t_probe = (t.reshape(-1)[:1] if t.ndim else t).expand(probe.shape[0])
     kwargs = _probe_kwargs(model_kwargs or {}, x.shape[0], cfg)

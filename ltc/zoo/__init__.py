@@ -19,7 +19,7 @@ Every weight file is checked when loaded (:mod:`ltc.zoo.loader`).
 """
 from . import metrics, oracles
 from .data import data_digest, digits, raw_digits, to_model_space
-from .loader import WEIGHTS_DIR, info, load, load_classifier, names, schedule
+from .loader import CALIBRATIONS_DIR, WEIGHTS_DIR, info, load, load_classifier, names, schedule
 from .nets import NULL_CLASS
 
 __all__ = ["load", "load_classifier", "names", "schedule", "info", "digits", "raw_digits",

@@ -16,6 +16,7 @@ from ..schedule import Schedule
 from .nets import build
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+CALIBRATIONS_DIR = Path(__file__).parent / "calibrations"  # the demo's LTC calibrations
 CLASSIFIER = "classifier"
 REQUIRED = {"denoiser": ("ltc_zoo_format", "kind", "architecture", "schedule", "prediction", "null_class"),
             "classifier": ("ltc_zoo_format", "kind", "architecture")}
