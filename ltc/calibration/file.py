@@ -20,6 +20,17 @@ and whose string metadata holds ``format`` (``"ltc-calibration"``), ``format_ver
 name, dtype, shape and bytes).  :meth:`Calibration.load` rejects a missing file, a file that is not
 safetensors (truncated, corrupted), missing or extra tensors or metadata, inconsistent shapes, a
 digest mismatch and a key that does not match the stored grid and structure.
+
+Two version numbers, two reasons to bump:
+
+* ``FORMAT_VERSION`` (here): the file layout -- a tensor or metadata field added, removed or
+  reinterpreted.  Older files then fail to load with a message naming both versions.
+* ``CALIBRATION_FORMAT`` (:mod:`ltc.policies.ltc_accel`, inside every ``key``): what a weight
+  means -- the formulas of ``LTC.rows`` / ``LTC.gammas``, the history rule, the choice of the
+  extrapolated steps.  Changing any of them without a bump would load every saved calibration
+  with stale weights; after a bump they are refused by the key check, and the shipped files must
+  be regenerated (``python -m ltc demo --recalibrate``).  ``tests/test_calibration_files.py``
+  re-derives the shipped calibrations under the current formula, so a missed bump fails there.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .contract import Col
+from .contract import Col, compute_dtype
 
 # Plain-int column indices (IntEnum indexing of a tuple sends torch.compile into a recursion).
 PX, PM, A, B0, B1, B2, NOISE, GUIDANCE, EX, EXP, EH1, EH2, IN, IC = (int(c) for c in Col)
@@ -102,7 +102,7 @@ def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tenso
     Returns ``[B, 2]`` float32 (float64 for float64 inputs); the LTC least-squares weight of a
     step is ``w = sum_b <d,r> / (gamma * sum_b <d,d>)``.  Deterministic: fixed reduction order.
     """
-    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    ct = compute_dtype(x.dtype)
     B = x.shape[0]
     xf = x.to(ct).reshape(B, -1)
     d = xf - x_prev.to(ct).reshape(B, -1)
