@@ -149,9 +149,10 @@ class Stepper:
         if self.done:
             raise RuntimeError("the stepper is done: all steps were taken; read .x")
         self._walk.check(self._i, model_output)
-        self._advance(model_output)
-        while not self.done and self.plan.models[self._i] == EXTRAPOLATE:
-            self._advance(None)
+        with torch.no_grad():  # the step keeps no autograd graph, whatever the model output carries
+            self._advance(model_output)
+            while not self.done and self.plan.models[self._i] == EXTRAPOLATE:
+                self._advance(None)
         return self._walk.finish() if self.done else self.x
 
     def _advance(self, model_output) -> None:

@@ -7,6 +7,7 @@ refused), as a CUDA graph would.  GPU tests (marked) use real CUDA graphs.
 import gc
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -268,15 +269,37 @@ def test_auto_uses_per_step_graphs_when_the_whole_walk_is_too_large():
 
 def test_unhashable_model_kwargs_fall_back_or_raise(recorded):
     def fn(x, t, scale=None):
-        return x * scale[0]
+        return x * float(scale["factor"].flat[0])
     model = ltc.Model(fn, "eps")
     schedule = ltc.Schedule.vp("linear")
-    run = dict(steps=4, noise=noise_of(), model_kwargs={"scale": [0.5]}, progress=False, return_info=True)
-    with pytest.warns(GraphFallbackWarning, match="model_kwargs\\['scale'\\] is a list"):
+    run = dict(steps=4, noise=noise_of(), model_kwargs={"scale": {"factor": np.array([0.5])}}, progress=False,
+               return_info=True)
+    with pytest.warns(GraphFallbackWarning, match="model_kwargs\\['scale'\\] holds a ndarray"):
         _, info = ltc.sample(model, schedule, graph="auto", **run)
     assert info.executor == "eager"
     with pytest.raises(GraphCaptureError, match="model_kwargs\\['scale'\\]"):
         ltc.sample(model, schedule, graph=True, **run)
+
+
+def test_nested_model_kwargs_are_static_buffers(recorded):
+    """Dicts and lists of tensors (e.g. SDXL's ``added_cond_kwargs``) are copied into static buffers:
+    the replay reads this call's values, and equals eager sampling."""
+    def fn(x, t, added=None, scales=(1.0,)):
+        return x * added["text_embeds"][:, None] + added["time_ids"][0][:, None] * scales[0]
+    model = ltc.Model(fn, "eps")
+    schedule = ltc.Schedule.vp("linear")
+
+    def kwargs(seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"added": {"text_embeds": torch.rand(3, 4, generator=g), "time_ids": [torch.rand(3, 4, generator=g)]},
+                "scales": (0.5,)}
+
+    run = dict(steps=4, noise=noise_of(), progress=False, return_info=True)
+    for seed in range(3):
+        x, info = ltc.sample(model, schedule, graph=True, model_kwargs=kwargs(seed), **run)
+        assert info.executor == "graph-whole"
+        assert torch.equal(x, ltc.sample(model, schedule, graph=False, model_kwargs=kwargs(seed), **run)[0])
+    assert recorded.captures == 1
 
 
 class NaNLate(TinyNet):

@@ -3,31 +3,49 @@
 A captured graph reads its state buffers, the model weights, the keyword tensors and the random
 generator *by address*.  Its cache key is therefore
 
-    (plan fingerprint, mode, shape, dtype, device, ops backend, finite check,
+    (plan fingerprint, mode, shape, dtype, device, ops backend, finite check, ambient numerics,
      model identities, model_kwargs signature, generator identity, capture backend)
 
-and an entry is only used for the very objects it was captured with, unchanged: it keeps
-references to the model callables and the generator (weak ones where possible: a remembered
-failure must not keep a model alive; a captured walk holds its models anyway, because its graphs
-read their weights by address), and the addresses of the parameters and buffers of the
-``torch.nn.Module`` s it can see (the callable itself, the instance of a bound method, or a module
-held in an attribute of the callable).  A dead reference, another object at a reused ``id``, or a
-moved weight (``model.to(...)``, ``.half()``) makes the entry stale: it is dropped and the walk
-is captured again.
+and an entry is only used for the very objects it was captured with: it keeps references to the
+model callables and the generator (weak ones where possible: a remembered failure must not keep a
+model alive), and the identity and address of every tensor the callables can reach
+(:func:`reachable_tensors`): parameters, buffers and tensor attributes of every ``torch.nn.Module``
+found in the callable itself, the instance of a bound method, an :class:`ltc.Model`'s function,
+the function, arguments and keywords of a ``functools.partial``, a function's closure cells,
+``__wrapped__`` and the globals its code names, and the attributes of plain objects, a few levels
+deep.  A captured walk also holds those tensors strongly, so their memory cannot be reused by
+another tensor while its graphs may read it.
+
+What is checked, and what is frozen at capture:
+
+* Replacing a weight (``load_state_dict(..., assign=True)``, ``model.to(...)``, ``.half()``,
+  rebinding a tensor in a closure or attribute, another module in an attribute) changes an
+  identity or address: the entry is stale, dropped, and the walk is captured again.
+* Changing a weight *in place* (``p.copy_(...)``, ``load_state_dict`` without ``assign``) keeps
+  its address: replays read the new values, as eager calls would.
+* Everything else the model's Python code reads -- non-tensor attributes, flags, globals that are
+  not tensors or modules, hooks, which branch an ``if`` takes -- is frozen at capture: a replay
+  repeats the device work of the capture.  Sample with ``graph=False`` (or ``graphs.clear_cache()``
+  after such a change) when the model's Python behaviour changes between calls.
 
 Pass the same callable objects to reuse graphs: a fresh ``lambda`` per call is a new identity
 and is captured again every time (the cache holds at most ``capacity`` entries).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from .capture import GraphCaptureError
+
+SEARCH_DEPTH = 4  # object links followed from a callable to the modules and tensors it reads
+_ATOMS = (str, bytes, int, float, complex, bool, type(None), type)
 
 
 def _referent(obj):
@@ -43,55 +61,115 @@ def _parts(obj) -> tuple:
     return (obj.__self__, obj.__func__) if inspect.ismethod(obj) else (obj,)
 
 
-def _modules(fn) -> list[torch.nn.Module]:
-    found = [p for p in _parts(fn) if isinstance(p, torch.nn.Module)]
-    if not found and hasattr(fn, "__dict__") and not inspect.isfunction(fn):
-        found = [v for v in vars(fn).values() if isinstance(v, torch.nn.Module)]
+def _children(obj) -> list:
+    """The objects ``obj`` can read (see the module docstring)."""
+    if isinstance(obj, functools.partial):
+        return [obj.func, *obj.args, *obj.keywords.values()]
+    if inspect.ismethod(obj):
+        return [obj.__self__, obj.__func__]
+    if inspect.isfunction(obj):
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        names = [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
+        return cells + names + [getattr(obj, "__wrapped__", None)]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, dict):
+        return list(obj.values())
+    if inspect.isroutine(obj) or not hasattr(obj, "__dict__"):
+        return []  # a builtin or C function, or an object without attributes
+    return list(vars(obj).values())
+
+
+def reachable_tensors(fn) -> list[torch.Tensor]:
+    """Every tensor ``fn`` can read: parameters, buffers and tensor attributes of the modules it
+    reaches, and tensors it holds directly (see the module docstring), each once."""
+    found, seen = [], set()
+
+    def add(t):
+        if id(t) not in seen:
+            seen.add(id(t))
+            found.append(t)
+
+    def visit(obj, depth):
+        if depth < 0 or id(obj) in seen or isinstance(obj, _ATOMS) or inspect.ismodule(obj):
+            return
+        if isinstance(obj, torch.Tensor):
+            add(obj)
+            return
+        seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            for m in obj.modules():
+                for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
+                    add(t)
+                for v in vars(m).values():
+                    if isinstance(v, torch.Tensor):
+                        add(v)
+            return
+        for child in _children(obj):
+            visit(child, depth - 1)
+
+    visit(fn, SEARCH_DEPTH)
     return found
 
 
 def weight_addresses(fn) -> tuple:
-    """Addresses of the parameters and buffers of the modules visible from ``fn`` (see above)."""
-    return tuple(t.data_ptr() for m in _modules(fn) for t in (*m.parameters(), *m.buffers()))
+    """``(id, address)`` of every tensor ``fn`` can read (:func:`reachable_tensors`)."""
+    return tuple((id(t), t.data_ptr()) for t in reachable_tensors(fn))
 
 
 @dataclass(frozen=True, eq=False)
 class Identity:
     """Who a cache entry was captured for: ``key`` (hashable, part of the cache key), the
-    references to check on a hit, and the weight addresses at capture time."""
+    references to check on a hit, the tensor identities and addresses at capture time, and
+    (for a captured walk) strong references to those tensors in ``held``."""
 
     key: tuple
     refs: tuple
     weights: tuple
+    held: tuple = ()
 
     def matches(self, other: "Identity") -> bool:
-        """The referenced objects are alive, are the same objects, and their weights did not move."""
+        """The referenced objects are alive, are the same objects, and no tensor they read was
+        replaced or moved."""
         return self.weights == other.weights and all(ref() is obj() for ref, obj in zip(self.refs, other.refs))
 
 
-def identify(fns, generator=None) -> Identity:
-    """The identity of the model callables ``fns`` (and of ``generator``, or None)."""
+def identify(fns, generator=None, *, hold: bool = False) -> Identity:
+    """The identity of the model callables ``fns`` (and of ``generator``, or None); with ``hold``
+    it keeps the tensors they read alive (a captured walk's graphs read them by address)."""
     parts = [p for fn in fns for p in _parts(fn)] + ([generator] if generator is not None else [])
-    weights = tuple(weight_addresses(fn) for fn in fns)
-    return Identity(tuple(id(p) for p in parts), tuple(_referent(p) for p in parts), weights)
+    tensors = [reachable_tensors(fn) for fn in fns]
+    weights = tuple(tuple((id(t), t.data_ptr()) for t in ts) for ts in tensors)
+    held = tuple(t for ts in tensors for t in ts) if hold else ()
+    return Identity(tuple(id(p) for p in parts), tuple(_referent(p) for p in parts), weights, held)
 
 
 def kwargs_signature(kwargs: dict) -> tuple:
-    """Hashable description of ``model_kwargs``: tensors by (shape, dtype, device) -- their values
-    are copied into static buffers before every replay -- and other values by value."""
+    """Hashable description of ``model_kwargs``: each value's pytree structure (dicts, lists and
+    tuples, e.g. SDXL's ``added_cond_kwargs``) with its tensor leaves by (shape, dtype, device) --
+    their values are copied into static buffers before every replay -- and other leaves by value."""
     signature = []
     for name in sorted(kwargs):
-        value = kwargs[name]
-        if isinstance(value, torch.Tensor):
-            signature.append((name, "tensor", tuple(value.shape), str(value.dtype), str(value.device)))
-            continue
-        try:
-            hash(value)
-        except TypeError:
-            raise GraphCaptureError(
-                f"model_kwargs[{name!r}] is a {type(value).__name__}: a captured model can only take tensors "
-                "(copied into static buffers before every replay) and hashable constants") from None
-        signature.append((name, "value", type(value).__qualname__, value))
+        leaves, spec = tree_flatten(kwargs[name])
+        described = []
+        for leaf in leaves:
+            if isinstance(leaf, torch.Tensor):
+                described.append(("tensor", tuple(leaf.shape), str(leaf.dtype), str(leaf.device)))
+                continue
+            try:
+                hash(leaf)
+            except TypeError:
+                raise GraphCaptureError(
+                    f"model_kwargs[{name!r}] holds a {type(leaf).__name__}: a captured model can only take "
+                    "tensors (copied into static buffers before every replay), hashable constants, and "
+                    "dicts, lists and tuples of them") from None
+            described.append(("value", type(leaf).__qualname__, leaf))
+        signature.append((name, str(spec), tuple(described)))
     return tuple(signature)
 
 

@@ -6,13 +6,19 @@ protocol, two implementations:
 
     backend.supports(device) -> bool
     backend.warmup(fn, device)                         # run fn eagerly once, before any capture
-    backend.capture(fn, device, generators) -> graph   # graph.replay() repeats fn's device work
+    backend.new_pool(device) -> pool                   # a memory pool for the graphs of one walk
+    backend.before_capture(device)                     # free cached memory for the capture
+    backend.capture(fn, device, generators, pool=pool) -> graph   # graph.replay() repeats fn's device work
 
 * :class:`CudaGraphs` -- ``torch.cuda.CUDAGraph``.  Warm-up and capture run on one side stream
-  per device; every graph of the process captures into one memory pool per device (the
-  executor's graphs free all their temporaries before capture ends, so sharing is safe in any
-  replay order); replay runs on the current stream.  Random number generators used by ``fn``
-  are registered with the graph, so each replay draws fresh numbers and advances them.
+  per device; the graphs of one captured walk share one memory pool, and no two walks share a
+  pool, so walks replayed from different threads or streams never share temporaries; replay
+  runs on the current stream.  Before capturing, the warm-up's cached blocks are returned to the
+  device (``gc.collect(); torch.cuda.empty_cache()``, as ``torch.cuda.graph`` does) so the
+  capture's private pool can use them.  Random number generators used by ``fn`` are registered
+  with the graph, so each replay draws fresh numbers and advances them.  A capture that fails
+  (a host synchronisation in the model, say) leaves neither the allocator nor the generators in
+  capture mode: eager sampling -- noise included -- works right after it.
 * :class:`RecordedGraphs` -- a CPU emulation, for tests and for checking a model on a machine
   without a GPU.  Capture executes ``fn`` once under a dispatch mode that records every aten
   operation with its arguments: tensors made during the capture by reference, every other
@@ -26,6 +32,9 @@ protocol, two implementations:
 Failures are reported as :class:`GraphCaptureError` with a sentence naming the cause.
 """
 from __future__ import annotations
+
+import gc
+import warnings
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -71,7 +80,6 @@ class CudaGraphs:
 
     def __init__(self):
         self._streams: dict[int, torch.cuda.Stream] = {}
-        self._pools: dict[int, object] = {}
 
     def supports(self, device: torch.device) -> bool:
         return device.type == "cuda" and torch.cuda.is_available()
@@ -85,12 +93,10 @@ class CudaGraphs:
             self._streams[idx] = torch.cuda.Stream(device=idx)
         return self._streams[idx]
 
-    def pool(self, device: torch.device):
-        """The memory pool shared by every graph captured on ``device``."""
-        idx = self._index(device)
-        if idx not in self._pools:
-            self._pools[idx] = torch.cuda.graph_pool_handle()
-        return self._pools[idx]
+    def new_pool(self, device: torch.device):
+        """A fresh memory pool (the graphs of one walk share it; walks never do)."""
+        with torch.cuda.device(device):
+            return torch.cuda.graph_pool_handle()
 
     def warmup(self, fn, device: torch.device) -> None:
         stream, current = self._stream(device), torch.cuda.current_stream(device)
@@ -100,8 +106,15 @@ class CudaGraphs:
         current.wait_stream(stream)
         torch.cuda.synchronize(device)
 
-    def capture(self, fn, device: torch.device, generators=()):
-        graph, stream, pool = torch.cuda.CUDAGraph(), self._stream(device), self.pool(device)
+    def before_capture(self, device: torch.device) -> None:
+        """Return cached blocks to the device so the capture's private pool can take them."""
+        torch.cuda.synchronize(device)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    def capture(self, fn, device: torch.device, generators=(), *, pool=None):
+        graph, stream = torch.cuda.CUDAGraph(), self._stream(device)
+        pool = self.new_pool(device) if pool is None else pool
         torch.cuda.synchronize(device)
         with torch.cuda.device(device), torch.cuda.stream(stream):
             if registers_generators():
@@ -111,18 +124,20 @@ class CudaGraphs:
             try:
                 fn()
             except BaseException:
-                self._abort(graph, device)
+                self._abort(graph, device, pool, generators)
                 raise
             graph.capture_end()
         torch.cuda.current_stream(device).wait_stream(stream)
         return graph
 
-    def _abort(self, graph, device: torch.device) -> None:
+    def _abort(self, graph, device: torch.device, pool, generators) -> None:
         """Leave capture mode after ``fn`` raised.  ``capture_end`` fails on an invalidated capture
-        before it stops routing allocations to the pool, which would make the next capture into
-        that pool fail ("already recording to mempool_id"): end the routing here, release the
-        graph, and give later captures a fresh pool."""
-        idx, pool = self._index(device), self.pool(device)
+        before it stops routing allocations to the pool (the next capture into that pool would
+        fail: "already recording to mempool_id") and before it runs the generators' capture
+        epilogue (the next eager ``torch.randn`` on the device would fail: "Offset increment
+        outside graph capture"): end the routing here, release the graph, and let an empty
+        capture that ends cleanly run the epilogue of the same generators."""
+        idx = self._index(device)
         try:
             graph.capture_end()
         except Exception:
@@ -134,7 +149,21 @@ class CudaGraphs:
             graph.reset()
         except Exception:
             pass
-        self._pools.pop(idx, None)
+        self._release_generators(device, generators)
+
+    def _release_generators(self, device: torch.device, generators) -> None:
+        """Run the capture epilogue of the device's default generator and of ``generators`` by
+        capturing (and dropping) an empty graph on a fresh pool."""
+        empty = torch.cuda.CUDAGraph()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "the CUDA Graph is empty": it is meant to be
+            with torch.cuda.device(device), torch.cuda.stream(self._stream(device)):
+                if registers_generators():
+                    for gen in generators:
+                        empty.register_generator_state(gen)
+                empty.capture_begin(pool=self.new_pool(device))
+                empty.capture_end()
+        empty.reset()
 
 
 def registers_generators() -> bool:
@@ -232,7 +261,7 @@ class RecordedGraphs:
 
     ``max_ops``: capturing more operations than this raises ``torch.OutOfMemoryError``, standing
     in for a graph too large for the device.  ``devices``: device types it accepts.
-    ``captures`` / ``warmups`` count calls (for tests).
+    ``captures`` / ``warmups`` count calls and ``pools`` holds the pool of each capture (for tests).
     """
 
     name = "recorded"
@@ -241,6 +270,7 @@ class RecordedGraphs:
     def __init__(self, max_ops: int | None = None, devices=("cpu",)):
         self.max_ops, self.devices = max_ops, tuple(devices)
         self.captures = self.warmups = 0
+        self.pools: list = []
 
     def supports(self, device: torch.device) -> bool:
         return device.type in self.devices
@@ -249,9 +279,17 @@ class RecordedGraphs:
         self.warmups += 1
         fn()
 
-    def capture(self, fn, device: torch.device, generators=()) -> RecordedGraph:
+    def new_pool(self, device: torch.device) -> object:
+        """A token standing in for a memory pool (``pools`` lists the pool of every capture)."""
+        return object()
+
+    def before_capture(self, device: torch.device) -> None:
+        pass
+
+    def capture(self, fn, device: torch.device, generators=(), *, pool=None) -> RecordedGraph:
         recorder = _Recorder(self.max_ops)
         with recorder:
             fn()
         self.captures += 1
+        self.pools.append(pool)
         return RecordedGraph(recorder.ops, len(recorder._alive))

@@ -21,19 +21,21 @@ def run_eager(plan: Plan, models, noise: torch.Tensor, *, ops, model_kwargs=None
     """Sample from ``noise`` (``[B, *S]``, the state at the first grid point) along ``plan``.
 
     ``models``: the :class:`ltc.Model` of each model index; ``ops``: a backend module of
-    :mod:`ltc.ops`.  Returns a new ``[B, *S]`` tensor.
+    :mod:`ltc.ops`.  Returns a new ``[B, *S]`` tensor.  Runs under ``torch.no_grad()``: sampling
+    is not differentiated through (the walk writes its buffers in place).
     """
     walk = Walk(plan, models, noise, ops=ops, model_kwargs=model_kwargs, generator=generator,
                 check_finite=check_finite)
-    walk.load(noise)
     steps = range(plan.steps)
     if progress:
         steps = tqdm(steps, desc="ltc.sample", leave=False)
-    for i in steps:
-        walk.step(i)
-        if callback is not None:
-            _report(callback, walk, i)
-    return walk.finish()
+    with torch.no_grad():  # models with trainable weights keep no activations for backward
+        walk.load(noise)
+        for i in steps:
+            walk.step(i)
+            if callback is not None:
+                _report(callback, walk, i)
+        return walk.finish()
 
 
 def _report(callback, walk: Walk, i: int) -> None:

@@ -144,6 +144,35 @@ def graph_generator(plan, device: torch.device, generator, can_register: bool | 
     return gen
 
 
+def _flag(read) -> object:
+    """A setting read through ``read()``, or None where this torch lacks it."""
+    try:
+        return read()
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
+def ambient_numerics(device: torch.device) -> tuple:
+    """The global settings a captured model's numerics depend on, for the cache key: autocast
+    (on/off and dtype, for the device type), the float32 matmul precision and TF32 flags, the
+    enabled scaled-dot-product-attention backends and deterministic algorithms.  A graph replays
+    the kernels chosen at capture, so a walk captured under one setting is never replayed under
+    another."""
+    kind = torch.device(device).type
+    cuda = torch.backends.cuda
+    return (
+        _flag(lambda: torch.is_autocast_enabled(kind)),
+        _flag(lambda: str(torch.get_autocast_dtype(kind))),
+        torch.get_float32_matmul_precision(),
+        _flag(lambda: cuda.matmul.allow_tf32), _flag(lambda: torch.backends.cudnn.allow_tf32),
+        _flag(lambda: cuda.matmul.allow_fp16_reduced_precision_reduction),
+        _flag(lambda: cuda.matmul.allow_bf16_reduced_precision_reduction),
+        _flag(cuda.flash_sdp_enabled), _flag(cuda.mem_efficient_sdp_enabled), _flag(cuda.math_sdp_enabled),
+        _flag(lambda: cuda.cudnn_sdp_enabled()),
+        torch.are_deterministic_algorithms_enabled(),
+    )
+
+
 def _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check, defer):
     """Samples from the cached (or newly captured) walk; None when ``defer`` and this key is new."""
     backend = _backend
@@ -153,8 +182,9 @@ def _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check, 
                                 f"(it records {allowed} only)")
     gen = graph_generator(plan, noise.device, generator)
     key = (plan.fingerprint, mode, tuple(noise.shape), str(noise.dtype), str(noise.device), ops_name, check,
-           kwargs_signature(kwargs), backend.name, id(backend))
-    identity = identify([m.fn for m in models], gen)
+           kwargs_signature(kwargs), ambient_numerics(noise.device), backend.name, id(backend))
+    fns = [m.fn for m in models]
+    identity = identify(fns, gen)
     captured = _cache.get(key, identity)
     if isinstance(captured, tuple):  # a remembered failure (class, message): do not capture again
         raise captured[0](captured[1])
@@ -167,6 +197,8 @@ def _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check, 
         except GraphCaptureError as err:
             _cache.put(key, identity, (type(err), str(err)))
             raise
+        identity = identify(fns, gen, hold=True)  # the graphs read these tensors by address
+        captured.held = identity.held
         _cache.put(key, identity, captured)
     return captured(noise, kwargs)
 

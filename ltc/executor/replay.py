@@ -4,7 +4,7 @@ Static buffers of one captured walk (allocated once, read and written by address
 those of :class:`ltc.executor.walk.Walk` (``xs``, ``hist``, ``first_bad``, the tables), and
 
     step_t     0-d int64    the current step (per-step graphs: gathered on the device, incremented in-graph)
-    kwargs     copies of the tensor model_kwargs (refilled before every replay)
+    kwargs     copies of the tensors in model_kwargs, nested dicts/lists too (refilled before every replay)
 
 ``whole``: one graph of all N steps, the step ops called with Python-int steps on the plan's
 ``[N, NCOLS]`` table.  ``step``: one graph per step signature ``(model or extrapolation, reads,
@@ -19,7 +19,10 @@ the replays draw the numbers the eager executor would draw from the same state.
 """
 from __future__ import annotations
 
+import threading
+
 import torch
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..ops.contract import HISTORY_SLOTS, STEP_OPS
 from .capture import GraphCaptureError, GraphTooLargeError, explain
@@ -47,7 +50,7 @@ class GraphWalk(Walk):
     ``model_kwargs`` and the device step counter ``step_t``) and the graph bodies."""
 
     def __init__(self, plan, models, noise, ops, kwargs, generator, check: bool):
-        copies = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        copies = tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, kwargs)
         super().__init__(plan, models, noise, ops=ops, model_kwargs=copies, generator=generator,
                          check_finite="end" if check else "off")
         self.step_t = torch.zeros((), dtype=torch.long, device=noise.device)
@@ -55,9 +58,9 @@ class GraphWalk(Walk):
     def load(self, noise, kwargs) -> None:
         """Copy the inputs of one run into the static buffers (device copies, no host sync)."""
         super().load(noise)
-        for name, value in self.kwargs.items():
-            if isinstance(value, torch.Tensor):
-                value.copy_(kwargs[name])
+        for static, value in zip(tree_flatten(self.kwargs)[0], tree_flatten(kwargs)[0]):
+            if isinstance(static, torch.Tensor):
+                static.copy_(value)
         self.step_t.zero_()
 
     def signature(self, i: int) -> tuple:
@@ -95,16 +98,22 @@ class GraphWalk(Walk):
 
 
 class CapturedWalk:
-    """A captured walk: its buffers and the graph replayed at each step (one graph, or one per signature)."""
+    """A captured walk: its buffers and the graph replayed at each step (one graph, or one per
+    signature), all in one memory pool of its own.  Replays of one walk are serialised by a lock
+    (they share the static buffers); different walks share nothing, so they may replay from
+    different threads or streams at once."""
 
     def __init__(self, walk: GraphWalk, sequence: list, n_graphs: int):
         self.walk, self.sequence, self.n_graphs = walk, sequence, n_graphs
+        self.held: tuple = ()  # tensors the graphs read by address (set by the executor)
+        self._lock = threading.Lock()
 
     @classmethod
     def capture(cls, mode, plan, models, noise, ops, kwargs, generator, check, backend) -> "CapturedWalk":
         walk = GraphWalk(plan, models, noise, ops, kwargs, generator, check)
         device, gens = noise.device, [generator] if generator is not None else []
         saved = [g.get_state() for g in gens]
+        pool = backend.new_pool(device)
 
         def restore():
             for g, state in zip(gens, saved):
@@ -113,30 +122,32 @@ class CapturedWalk:
         def capture_one(body, what):
             walk.where = None
             try:
-                return backend.capture(body, device, gens)
+                return backend.capture(body, device, gens, pool=pool)
             except Exception as err:
                 kind = GraphTooLargeError if isinstance(err, torch.OutOfMemoryError) else GraphCaptureError
                 raise kind(explain(err, walk.where or what)) from err
 
         with torch.no_grad():
             walk.load(noise, kwargs)
-            backend.warmup(lambda: walk.warm(mode), device)
-            restore()
-            if mode == "whole":
-                graph = capture_one(walk.whole, "the whole walk")
+            try:
+                backend.warmup(lambda: walk.warm(mode), device)
                 restore()
-                return cls(walk, [graph], 1)
-            graphs = {}
-            for i in range(plan.steps):
-                if walk.signature(i) not in graphs:
-                    walk.step_t.fill_(i)  # a valid index for backends that execute while capturing
-                    graphs[walk.signature(i)] = capture_one(walk.one_step(i), f"step {i}")
-            restore()
-            return cls(walk, [graphs[walk.signature(i)] for i in range(plan.steps)], len(graphs))
+                backend.before_capture(device)
+                if mode == "whole":
+                    return cls(walk, [capture_one(walk.whole, "the whole walk")], 1)
+                graphs = {}
+                for i in range(plan.steps):
+                    if walk.signature(i) not in graphs:
+                        walk.step_t.fill_(i)  # a valid index for backends that execute while capturing
+                        graphs[walk.signature(i)] = capture_one(walk.one_step(i), f"step {i}")
+                return cls(walk, [graphs[walk.signature(i)] for i in range(plan.steps)], len(graphs))
+            finally:
+                restore()
 
     def __call__(self, noise, kwargs) -> torch.Tensor:
-        walk = self.walk
-        walk.load(noise, kwargs)
-        for graph in self.sequence:
-            graph.replay()
-        return walk.finish().clone()
+        with self._lock:
+            walk = self.walk
+            walk.load(noise, kwargs)
+            for graph in self.sequence:
+                graph.replay()
+            return walk.finish().clone()
