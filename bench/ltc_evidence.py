@@ -19,7 +19,7 @@ coherence curves, and a comparison of history rules for multistep solvers after 
 
     python bench/ltc_evidence.py            # writes bench/results/ltc_evidence.json (~15 min, 1 thread)
     python bench/ltc_evidence.py --quick    # small smoke run, prints only
-    python bench/ltc_evidence.py --table    # the README table, from the results file
+    python bench/ltc_evidence.py --table    # the table and summary of bench/README.md, from the results file
 """
 from __future__ import annotations
 
@@ -253,8 +253,9 @@ PLAIN_NAMES = {"plain_own": "same sampler", "plain_ltc_grid": "same sampler, LTC
 
 
 def markdown(data: dict) -> str:
-    """The README table: held-out endpoint RMSE against the exact endpoint; bold: below the best plain
-    sampler at equal NFE; †: accepted by the refusal rule (judged on the calibration noises)."""
+    """The evidence table of bench/README.md: held-out endpoint RMSE against the exact endpoint; bold:
+    below the best plain sampler at equal NFE; †: accepted by the refusal rule (judged on the
+    calibration noises)."""
     lines = ["| oracle | setting | N | NFE | full N | best plain at NFE | LTC step x | LTC step x0 | LTC traj x | "
              "LTC traj x0 | LTC w=1 x0 | calls step / traj (x0) |", "|" + "---|" * 12]
     for r in data["results"]:
@@ -274,6 +275,53 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(data: dict) -> str:
+    """What the table adds up to, computed from the results file: the refusal rule's verdicts, the
+    geometric mean of each state's RMSE over the best plain sampler, the history rules, the cost."""
+    verdicts = [(r["oracle"], r["setting"], c["N"], e) for r in data["results"] for c in r["cases"]
+                for e in c["ltc"] if "verdict" in e]
+    t = data["refusal_tally"]
+    lines = [f"- **Refusal rule** over all {len(verdicts)} calibrations: {t['correct accept']} correct accepts, "
+             f"{t['correct refusal']} correct refusals, {t['FALSE ACCEPT']} false accepts, {t['false refusal']} "
+             "false refusals (judged on held-out noise against the exact endpoint)."]
+    for oracle_name in dict.fromkeys(o for o, *_ in verdicts):
+        mine = [e for o, _, _, e in verdicts if o == oracle_name]
+        lines.append(f"- `{oracle_name}`: {sum(e['accepted'] for e in mine)} of {len(mine)} calibrations accepted.")
+    false = [f"{o} {s} N={n} {e['objective']} {e['state']}" for o, s, n, e in verdicts if e["verdict"] == "FALSE ACCEPT"]
+    if false:
+        lines.append("- False accepts: " + "; ".join(false) + ".")
+    ratios: dict = {}
+    for r in data["results"]:
+        for c in r["cases"]:
+            p = c["plain"]
+            best = min(v["rmse"] for k, v in p.items() if k != "full")
+            for e in c["ltc"]:
+                if "calibrated" in e:
+                    ratios.setdefault((e["state"], e["objective"]), []).append(e["calibrated"]["rmse"] / best)
+                    if e["objective"] == "step":
+                        ratios.setdefault((e["state"], "w = 1"), []).append(e["w1"]["rmse"] / best)
+    cases = len(ratios[("x0", "step")])
+    lines += ["", f"Geometric mean over the {cases} cases of held-out RMSE / best plain sampler at equal NFE "
+              "(below 1: LTC wins on average):", "", "| state | step objective | trajectory objective | w = 1 |",
+              "|---|---|---|---|"]
+    for state in dict.fromkeys(s for s, _ in ratios):
+        cells = [f"{np.exp(np.mean(np.log(ratios[(state, o)]))):.2f}" if (state, o) in ratios else "n/a"
+                 for o in ("step", "trajectory", "w = 1")]
+        lines.append(f"| {state} | " + " | ".join(cells) + " |")
+    wins = data["history_rule_wins"]
+    lines += ["", f"History rule of a multistep solver after a skip, {len(data['history_rules'])} cases "
+              "(`implied_first_order` is the library's; see `history_walk`):", "",
+              "| rule | cases won | geometric-mean ratio to the best rule | worst ratio |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['wins']} | {v['geomean_ratio_to_best']:.2f} | {v['worst_ratio_to_best']:.2f} |"
+              for k, v in wins.items()]
+    calls = {}
+    for *_, e in verdicts:
+        calls.setdefault(e["objective"], []).append(e["cost_calls"])
+    lines += ["", "Calibration cost in model calls (report included): "
+              + "; ".join(f"{k} objective {min(v)}-{max(v)}" for k, v in calls.items()) + "."]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small dims and batches, N in {10, 20}; prints only")
@@ -283,10 +331,13 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--rk4", type=int, default=2000, help="RK4 steps of the exact endpoint")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--table", action="store_true", help="print the README table from the results file")
+    parser.add_argument("--table", action="store_true", help="print the evidence table and summary from the results file")
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown(json.loads(RESULT.read_text())))
+        data = json.loads(RESULT.read_text())
+        print(markdown(data))
+        print()
+        print(summary(data))
         return
     if args.quick:
         args.dim, args.calibration, args.held_out, args.steps, args.rk4 = 16, 16, 32, [10, 20], 400

@@ -1,8 +1,8 @@
 // Torch binding of the fused step kernels (launch API in ltc_ops.h).  Checks every tensor before
 // any work (device, dtype, contiguity, shape, aliasing; ValueError / TypeError in Python naming the
 // argument), launches on the current stream and checks the launch.  Registered with the dispatcher
-// as torch.ops.ltc_cuda.{model_step, extrapolate_step, transition_dots}; ltc/ops_cuda.py wraps
-// them into the signatures of ltc/ops_reference.py (the specification).
+// as torch.ops.ltc_cuda.{model_step, extrapolate_step, transition_dots}; ltc/ops/cuda.py wraps
+// them into the signatures of ltc/ops/reference.py (the specification).
 #include <Python.h>
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // Launch API of the fused step kernels: raw pointers and the CUDA runtime only (no torch), so the
 // .cu files compile with nothing but the CUDA toolkit.  The torch binding (binding.cpp) checks
 // every tensor and fills these structs; the equations are those of ltc/plan.py and
-// ltc/ops_reference.py (the specification):
+// ltc/ops/reference.py (the specification):
 //
 //   model step:        m = m_u + G (m_c - m_u)   (cfg only);   D_i = PX x + PM m
 //                      out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;   hist[i % H] = D_i

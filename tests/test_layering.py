@@ -3,7 +3,8 @@ layer or below, at module level, without cycles.
 
 A function-level import between ``ltc`` modules is a cycle in hiding (it only works because the
 import runs late), so none is allowed; optional third-party imports inside functions (triton,
-matplotlib, safetensors, ...) are fine.  Layers, bottom first (the pipeline of ARCHITECTURE.md):
+matplotlib, safetensors, ...) are fine.  Layers, bottom first (the pipeline: schedule -> sampler ->
+plan -> policy -> ops -> executor -> api -> embeddings -> demo):
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``LTC.auto``: choose the LTC interval and cadence for a requested NFE (or speed-up).
+"""``ltc.calibration.auto``: choose the LTC interval and cadence for a requested NFE (or speed-up).
 
 Rule.  With N steps and a requested NFE, K = N - NFE steps must be extrapolated.
 
@@ -120,7 +120,7 @@ def auto(model_fns, schedule: Schedule, *, steps: int, nfe: int | None = None, s
     if accepted:
         best = min(accepted, key=lambda t: t["ltc_median"])
         cal = best["calibration"]
-        msg = (f"LTC.auto: interval {best['interval']} every {best['every']} ({nfe} calls of {steps}) accepted: "
+        msg = (f"ltc.calibration.auto: interval {best['interval']} every {best['every']} ({nfe} calls of {steps}) accepted: "
                f"median distance to the teacher {best['ltc_median']:.4g} < {best['best_plain_median']:.4g} "
                f"({best['best_plain']})")
         choice = AutoChoice(True, cal.policy(base=base), schedule, session.solver, steps, nfe, msg, cal, summary,
@@ -130,7 +130,7 @@ def auto(model_fns, schedule: Schedule, *, steps: int, nfe: int | None = None, s
                 for r in t["calibration"].report["sets"]["calibration"] if r["kind"] == "plain"]
         median, spec, name = min(rows, key=lambda r: r[0])
         sch, smp, n = _plain_choice(schedule, session.grid, spec)
-        msg = (f"LTC.auto: no LTC setting with {nfe} calls of {steps} passed the refusal rule "
+        msg = (f"ltc.calibration.auto: no LTC setting with {nfe} calls of {steps} passed the refusal rule "
                f"({len(tried)} tried); returning the best plain plan at that NFE: {name} "
                f"(median distance to the teacher {median:.4g})")
         choice = AutoChoice(False, base_policy if base is not None else Full(), sch, smp, n, nfe, msg, None,
