@@ -7,7 +7,7 @@ Operations and the bytes each must move (n = latent elements, s = bytes per elem
     extrapolate_step  reads 2: x, x_prev, D_{i-1}, D_{i-2} in; x_{i+1}, D_i out               6 n s
     transition_dots   x, x_prev, x_target in; [B, 2] out                                     3 n s
 
-Timing as in bench/step_kernels.py (EVALUATION.md): random normal inputs in rotated buffer sets,
+Timing as in bench/step_ops.py (EVALUATION.md): random normal inputs in rotated buffer sets,
 a 256 MiB buffer written before every timed call to flush L2, each call timed alone with CUDA
 events after a warm-up; the JSON keeps every repeat and the median.  GPU only: without a CUDA
 device it says so and exits 0.
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import write_result  # noqa: E402
 
 from ltc import ops  # noqa: E402
+from ltc.ops.contract import OPS  # noqa: E402
 from ltc.plan import NCOLS, compile_plan  # noqa: E402
 from ltc.policies import Full  # noqa: E402
 from ltc.samplers import get_sampler  # noqa: E402
@@ -39,7 +40,6 @@ from ltc.schedule import Schedule  # noqa: E402
 
 SIZES = [1 << k for k in (16, 18, 20, 22, 24, 26)]  # 64K .. 64M elements
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-OPS = ("model_step", "extrapolate_step", "transition_dots")
 STREAMS = {"model_step": 6, "extrapolate_step": 6, "transition_dots": 3}
 STEP = 10  # of a 20-step CFG DPM-Solver++(2M) plan: reads D_{i-1}
 MIB = 1 << 20

@@ -1,5 +1,6 @@
-"""What every step kernel shares: host-side argument checks and launch sizes, and on the device
-the step index and the history slots.
+"""What every step kernel shares: the backend's :class:`~ltc.ops.checks.Rules` for the shared
+host-side argument checks (:mod:`ltc.ops.checks`, one function per op), launch sizes, and on the
+device the step index and the history slots.
 
 Conventions of the wrappers in :mod:`ltc.kernels` (they extend :mod:`ltc.ops.reference`, whose
 semantics they implement exactly):
@@ -25,39 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ltc.ops.checks import is_int, readable, reads_of, shape, step_of, tensor, writable  # noqa: F401 (the kernels call them as launch.*)
-from ltc.ops.contract import NCOLS
+from ltc.ops.checks import Rules
 
-COEF_DTYPES = (torch.float32, torch.float64)
 VECTOR_BYTES = 16     # one 128-bit load/store per thread and access
 VECTORS_PER_THREAD = 2
 NUM_WARPS = 4
-
-
-def coefficients(coefs) -> torch.Tensor:
-    tensor("coefs", coefs, COEF_DTYPES)
-    if coefs.dim() != 2 or coefs.shape[1] != NCOLS or coefs.shape[0] < 1:
-        raise ValueError(f"coefs must be the plan's [N, {NCOLS}] table, got shape {tuple(coefs.shape)}")
-    return coefs
-
-
-def same_device(kernel, **tensors) -> torch.device:
-    """The one device of all ``tensors`` (None entries are skipped); CPU only under the interpreter."""
-    first_name, device = None, None
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if device is None:
-            first_name, device = name, t.device
-        elif t.device != device:
-            raise ValueError(f"{name} is on {t.device} but {first_name} is on {device}: "
-                             "all tensors must be on one device")
-    if device.type == "cpu" and not interpreted(kernel):
-        raise ValueError("the triton backend runs CPU tensors only in Triton's interpreter: set "
-                         "TRITON_INTERPRET=1 before triton is imported, or use CUDA tensors")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"the triton backend supports CUDA tensors (or CPU in the interpreter), got {device}")
-    return device
 
 
 def interpreted(kernel) -> bool:
@@ -101,3 +74,15 @@ def block_offsets(n, BLOCK: tl.constexpr):
     """This program's element offsets (int64, so any size is addressable) and their mask."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     return offs, offs < n
+
+
+def _usable(first: str, device: torch.device) -> None:
+    """Triton runs CUDA tensors, and CPU tensors in its interpreter only."""
+    if device.type == "cpu" and not interpreted(block_offsets):
+        raise ValueError("the triton backend runs CPU tensors only in Triton's interpreter: set "
+                         "TRITON_INTERPRET=1 before triton is imported, or use CUDA tensors")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the triton backend supports CUDA tensors (or CPU in the interpreter), got {device}")
+
+
+RULES = Rules("triton", one_dtype=False, device=_usable)  # each tensor its own storage dtype

@@ -14,18 +14,35 @@ import importlib
 import os
 from types import ModuleType
 
+from .contract import OPS
+
 BACKENDS = ("auto", "reference", "triton", "cuda")
 _MODULES = {"reference": "ltc.ops.reference", "triton": "ltc.kernels", "cuda": "ltc.ops.cuda"}
 _loaded: dict[str, ModuleType] = {}
 _errors: dict[str, str] = {}
 
 
+class IncompleteBackendError(RuntimeError):
+    """A backend module does not provide every op of :data:`~ltc.ops.contract.OPS`."""
+
+
+def missing_ops(module: ModuleType) -> list[str]:
+    """The names in OPS that ``module`` does not provide as callables."""
+    return [op for op in OPS if not callable(getattr(module, op, None))]
+
+
 def _load(name: str) -> ModuleType | None:
     if name not in _loaded and name not in _errors:
         try:
-            _loaded[name] = importlib.import_module(_MODULES[name])
+            module = importlib.import_module(_MODULES[name])
         except Exception as exc:  # ImportError, or a broken/missing compiled extension
             _errors[name] = f"{type(exc).__name__}: {exc}"
+        else:
+            missing = missing_ops(module)
+            if missing:  # not cached: every use of the backend raises
+                raise IncompleteBackendError(f"backend {name!r} ({module.__name__}) does not provide the op(s) "
+                                             f"{', '.join(missing)} of ltc.ops.contract.OPS {OPS}")
+            _loaded[name] = module
     return _loaded.get(name)
 
 
@@ -40,8 +57,9 @@ def available(name: str) -> bool:
 def resolve(backend: str | None, device) -> tuple[str, ModuleType]:
     """``(name, module)`` of the backend to use for tensors on ``device``.
 
-    ``backend=None`` reads ``LTC_BACKEND`` (default ``auto``).  The module provides
-    ``model_step``, ``extrapolate_step`` and ``transition_dots`` with the reference's signatures.
+    ``backend=None`` reads ``LTC_BACKEND`` (default ``auto``).  The module provides every op of
+    :data:`~ltc.ops.contract.OPS` with the reference's signature (:class:`IncompleteBackendError`
+    otherwise).
     """
     name = backend if backend is not None else os.environ.get("LTC_BACKEND", "auto")
     if name not in BACKENDS:

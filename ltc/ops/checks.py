@@ -1,14 +1,126 @@
 """Host-side argument checks shared by the compiled step-op backends (:mod:`ltc.kernels`,
 :mod:`ltc.ops.cuda`), so both refuse the same inputs with the same messages.  Torch only: it
-imports neither triton nor the extension."""
+imports neither triton nor the extension.
+
+One function per op of :data:`~ltc.ops.contract.OPS` -- :func:`model_step`,
+:func:`extrapolate_step`, :func:`transition_dots` -- runs the whole validation sequence of a call
+(tensors, dtypes, shapes, contiguity of the outputs, the step, reads, the cfg batch, one device)
+and returns the arguments ready for a launch: read-only inputs contiguous (a copy only when they
+are not), ``reads`` an int, ``step`` an int in ``[0, N)`` or the 0-d integer tensor as given.
+Nothing is written before every check has passed.  A backend's own conventions are its
+:class:`Rules`: whether every state tensor must share x's storage dtype (the CUDA extension) or
+each may have its own (Triton), and which devices it runs on.
+"""
 from __future__ import annotations
 
 import numbers
+from typing import Callable, NamedTuple
 
 import torch
 
-from .contract import FLOAT_DTYPES
+from .contract import FLOAT_DTYPES, NCOLS, compute_dtype
 
+COEF_DTYPES = (torch.float32, torch.float64)
+
+
+class Rules(NamedTuple):
+    """What a backend adds to the shared checks."""
+
+    backend: str                                   # named in messages: "the {backend} backend ..."
+    one_dtype: bool                                # all state tensors in x's dtype, coefs in its compute dtype
+    device: Callable[[str, torch.device], None]    # (first tensor's name, the device): raises if unusable
+
+
+class ModelStepArgs(NamedTuple):
+    x: torch.Tensor
+    model_out: torch.Tensor
+    hist: torch.Tensor
+    coefs: torch.Tensor
+    step: int | torch.Tensor
+    out: torch.Tensor
+    reads: int
+    cfg: bool
+    noise: torch.Tensor | None
+
+
+class ExtrapolateStepArgs(NamedTuple):
+    x: torch.Tensor
+    x_prev: torch.Tensor
+    hist: torch.Tensor
+    coefs: torch.Tensor
+    step: int | torch.Tensor
+    out: torch.Tensor
+    reads: int
+
+
+class TransitionDotsArgs(NamedTuple):
+    x: torch.Tensor
+    x_prev: torch.Tensor
+    x_target: torch.Tensor
+
+
+# ---------------------------------------------------------------- one op, one sequence
+
+def model_step(rules: Rules, x, model_out, hist, coefs, step, out, *, reads, cfg, noise) -> ModelStepArgs:
+    """The checked arguments of :func:`ltc.ops.reference.model_step` for a backend with ``rules``."""
+    tensor("x", x)
+    tensor("model_out", model_out)
+    tensor("hist", hist)
+    tensor("out", out)
+    if noise is not None:
+        tensor("noise", noise)
+    coefs = table(rules, coefs, x)
+    if not isinstance(cfg, bool):
+        raise TypeError(f"cfg must be a bool, got {type(cfg).__name__}")
+    batched(x)
+    like(rules, "model_out", model_out, x, (x.shape[0] * (2 if cfg else 1), *x.shape[1:]))
+    like(rules, "out", out, x)
+    history(rules, hist, x)
+    if noise is not None:
+        like(rules, "noise", noise, x)
+    writable("out", out)
+    writable("hist", hist)
+    reads = reads_of(reads, hist.shape[0])
+    step = step_of(step, coefs)
+    one_device(rules, x=x, model_out=model_out, hist=hist, coefs=coefs, out=out, noise=noise,
+               step=step if isinstance(step, torch.Tensor) else None)
+    return ModelStepArgs(readable(x), readable(model_out), hist, readable(coefs), step, out, reads, cfg,
+                         None if noise is None else readable(noise))
+
+
+def extrapolate_step(rules: Rules, x, x_prev, hist, coefs, step, out, *, reads) -> ExtrapolateStepArgs:
+    """The checked arguments of :func:`ltc.ops.reference.extrapolate_step` for a backend with ``rules``."""
+    tensor("x", x)
+    tensor("x_prev", x_prev)
+    tensor("hist", hist)
+    tensor("out", out)
+    coefs = table(rules, coefs, x)
+    batched(x)
+    like(rules, "x_prev", x_prev, x)
+    like(rules, "out", out, x)
+    history(rules, hist, x)
+    writable("out", out)
+    writable("hist", hist)
+    reads = reads_of(reads, hist.shape[0])
+    step = step_of(step, coefs)
+    one_device(rules, x=x, x_prev=x_prev, hist=hist, coefs=coefs, out=out,
+               step=step if isinstance(step, torch.Tensor) else None)
+    return ExtrapolateStepArgs(readable(x), readable(x_prev), hist, readable(coefs), step, out, reads)
+
+
+def transition_dots(rules: Rules, x, x_prev, x_target) -> TransitionDotsArgs:
+    """The checked arguments of :func:`ltc.ops.reference.transition_dots` for a backend with ``rules``."""
+    tensor("x", x)
+    tensor("x_prev", x_prev)
+    tensor("x_target", x_target)
+    batched(x)
+    like(rules, "x_prev", x_prev, x)
+    like(rules, "x_target", x_target, x)
+    one_device(rules, x=x, x_prev=x_prev, x_target=x_target)
+    return TransitionDotsArgs(readable(x), readable(x_prev), readable(x_target))
+
+
+# ---------------------------------------------------------------- the single checks
 
 def tensor(name: str, t, dtypes=FLOAT_DTYPES) -> torch.Tensor:
     """``t`` if it is a tensor of one of ``dtypes``; TypeError naming ``name`` otherwise."""
@@ -22,6 +134,38 @@ def tensor(name: str, t, dtypes=FLOAT_DTYPES) -> torch.Tensor:
 def shape(name: str, t: torch.Tensor, expected) -> None:
     if tuple(t.shape) != tuple(expected):
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(expected)}")
+
+
+def like(rules: Rules, name: str, t: torch.Tensor, x: torch.Tensor, expected=None) -> None:
+    """``t`` has shape ``expected`` (default x's) and, for a one-dtype backend, x's dtype."""
+    if rules.one_dtype and t.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but x has {x.dtype}: the {rules.backend} backend needs one "
+                        "storage dtype for all state tensors")
+    shape(name, t, x.shape if expected is None else expected)
+
+
+def batched(x: torch.Tensor) -> None:
+    if x.dim() < 1:
+        raise ValueError("x must be [B, *S], got a 0-d tensor")
+
+
+def history(rules: Rules, hist: torch.Tensor, x: torch.Tensor) -> None:
+    """``hist`` is ``[H, *x.shape]`` (H itself is checked against the reads by :func:`reads_of`)."""
+    if hist.dim() != x.dim() + 1:
+        raise ValueError(f"hist must be [H, *x.shape] = [H, {', '.join(map(str, x.shape))}], "
+                         f"got shape {tuple(hist.shape)}")
+    like(rules, "hist", hist, x, (hist.shape[0], *x.shape))
+
+
+def table(rules: Rules, coefs, x: torch.Tensor) -> torch.Tensor:
+    """The plan's ``[N, NCOLS]`` table, in float32 or float64 (a one-dtype backend: x's compute dtype)."""
+    tensor("coefs", coefs, COEF_DTYPES)
+    if coefs.dim() != 2 or coefs.shape[1] != NCOLS or coefs.shape[0] < 1:
+        raise ValueError(f"coefs must be the plan's [N, {NCOLS}] table, got shape {tuple(coefs.shape)}")
+    want = compute_dtype(x.dtype)
+    if rules.one_dtype and coefs.dtype != want:
+        raise TypeError(f"coefs must have dtype {want} (the compute dtype of {x.dtype} storage), got {coefs.dtype}")
+    return coefs
 
 
 def writable(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -65,3 +209,17 @@ def step_of(step, coefs: torch.Tensor) -> int | torch.Tensor:
     if not 0 <= step < coefs.shape[0]:
         raise ValueError(f"step must be in [0, {coefs.shape[0]}) (rows of coefs), got {step}")
     return int(step)
+
+
+def one_device(rules: Rules, **tensors) -> torch.device:
+    """The one device of all ``tensors`` (None entries are skipped), if ``rules`` accepts it."""
+    first, device = None, None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if device is None:
+            first, device = name, t.device
+        elif t.device != device:
+            raise ValueError(f"{name} is on {t.device} but {first} is on {device}: all tensors must be on one device")
+    rules.device(first, device)
+    return device

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ltc.ops import checks
 from ltc.ops.contract import Col
 
 from . import launch
@@ -78,32 +79,8 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
     """One model step in one kernel launch (see the module docstring and
     :func:`ltc.ops.reference.model_step`).  ``x, out, noise: [B, *S]``, ``model_out: [B or 2B, *S]``,
     ``hist: [H, B, *S]`` (H > reads), ``coefs: [N, NCOLS]``; writes ``out`` and ``hist[step % H]``."""
-    launch.tensor("x", x)
-    launch.tensor("model_out", model_out)
-    launch.tensor("hist", hist)
-    launch.tensor("out", out)
-    launch.coefficients(coefs)
-    if not isinstance(cfg, bool):
-        raise TypeError(f"cfg must be a bool, got {type(cfg).__name__}")
-    if x.dim() < 1:
-        raise ValueError("x must be [B, *S], got a 0-d tensor")
-    batch = x.shape[0] * (2 if cfg else 1)
-    launch.shape("model_out", model_out, (batch, *x.shape[1:]))
-    launch.shape("out", out, x.shape)
-    if hist.dim() != x.dim() + 1:
-        raise ValueError(f"hist must be [H, *x.shape], got shape {tuple(hist.shape)} for x {tuple(x.shape)}")
-    launch.shape("hist", hist, (hist.shape[0], *x.shape))
-    reads = launch.reads_of(reads, hist.shape[0])
-    if noise is not None:
-        launch.tensor("noise", noise)
-        launch.shape("noise", noise, x.shape)
-    step = launch.step_of(step, coefs)
-    launch.same_device(_model_step_kernel, x=x, model_out=model_out, hist=hist, coefs=coefs, out=out,
-                       noise=noise, step=step if isinstance(step, torch.Tensor) else None)
-    launch.writable("out", out)
-    launch.writable("hist", hist)
-    x, model_out = launch.readable(x), launch.readable(model_out)
-    noise = launch.readable(noise) if noise is not None else None
+    x, model_out, hist, coefs, step, out, reads, cfg, noise = checks.model_step(
+        launch.RULES, x, model_out, hist, coefs, step, out, reads=reads, cfg=cfg, noise=noise)
 
     dtypes = [t.dtype for t in (x, model_out, hist, out, noise) if t is not None]
     block, num_warps = launch.elementwise_config(*dtypes)

@@ -1,11 +1,14 @@
-"""One classifier-free-guided DPM-Solver++(2M) model step: fused Triton kernel vs the eager torch
-chain (:func:`ltc.ops.reference.model_step`) vs ``torch.compile`` of that same chain.
+"""One step op (``--op``, one of ltc.ops.contract.OPS; default a classifier-free-guided
+DPM-Solver++(2M) model step): fused Triton kernel vs the eager torch reference
+(:mod:`ltc.ops.reference`) vs ``torch.compile`` of that same reference.
 
-The step reads x, m_u, m_c and D_{i-1} and writes x_{i+1} and D_i: at least
+The bytes each op must move (n = latent elements, s = bytes per element; GB/s = bytes / time):
 
-    bytes = 6 * n * itemsize          (n = latent elements; GB/s = bytes / time)
+    model_step        x, m_u, m_c, D_{i-1} in; x_{i+1}, D_i out (cfg, reads 1)          6 n s
+    extrapolate_step  x, x_prev, D_{i-1}, D_{i-2} in; x_{i+1}, D_i out (reads 2)         6 n s
+    transition_dots   x, x_prev, x_target in; [B, 2] out                                3 n s
 
-which is reported as a fraction of the device-to-device copy bandwidth measured in the same run
+each also as a fraction of the device-to-device copy bandwidth measured in the same run
 (``dst.copy_(src)`` of a large buffer, read + write; also a copy of the same bytes as the step).
 
 Timing (EVALUATION.md): inputs are random normals in several rotated buffer sets; before every
@@ -14,11 +17,14 @@ timed call a 256 MiB buffer is written to flush L2; each call is timed alone (CU
 back-to-back wall time per call (host overhead included, what an eager loop sees at small sizes)
 and, on CUDA, the time per step of steps replayed from a CUDA graph (launch overhead removed).
 
-    python bench/step_kernels.py                  # CPU: small sizes, eager reference only
-    python bench/step_kernels.py --device cuda    # 64K..64M elements, fp32 + bf16, all three
-    python bench/step_kernels.py --device cuda --configs 2048x8 4096x8   # + other fused launch sizes
+    python bench/step_ops.py                  # CPU: small sizes, eager reference only, model_step
+    python bench/step_ops.py --device cuda    # 64K..64M elements, fp32 + bf16, all three implementations
+    python bench/step_ops.py --device cuda --op extrapolate_step   # or transition_dots
+    python bench/step_ops.py --device cuda --configs 2048x8 4096x8   # + other fused launch sizes (model_step)
 
-writes ``bench/results/step_kernels_<device>.json`` (``cpu`` or the GPU's name).
+writes ``bench/results/step_kernels_<device>.json`` (model_step) or ``step_ops_<op>_<device>.json``.
+(``<device>``: ``cpu`` or the GPU's name; the model step keeps the file name and format that
+bench/report.py reads.)
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import machine_info, write_result  # noqa: E402
 
 from ltc.ops import reference as ops_reference  # noqa: E402
+from ltc.ops.contract import EXTRAPOLATION_COLS, OPS  # noqa: E402
 from ltc.plan import compile_plan  # noqa: E402
 from ltc.policies import Full  # noqa: E402
 from ltc.samplers import get_sampler  # noqa: E402
@@ -47,6 +54,11 @@ PLAN_STEPS = 20
 STEP = 10               # a second-order step: reads D_{i-1}
 READS = 1
 STREAMS = 6             # x, m_u, m_c, D_{i-1} in; x_{i+1}, D_i out
+EXTRAPOLATE_READS = 2   # the extrapolated step reads D_{i-1} and D_{i-2}
+OP_STREAMS = {"model_step": STREAMS, "extrapolate_step": 6, "transition_dots": 3}
+OP_BYTES = {"model_step": "(x, m_u, m_c, D_prev in; x_next, D out)",
+            "extrapolate_step": "(x, x_prev, D_prev, D_prev2 in; x_next, D out)",
+            "transition_dots": "(x, x_prev, x_target in; [B, 2] out)"}
 CUDA_SIZES = [1 << k for k in (16, 18, 20, 22, 24, 26)]     # 64K .. 64M
 CPU_SIZES = [1 << 16, 1 << 18]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -54,51 +66,84 @@ MIB = 1 << 20
 
 
 def plan_coefficients(device):
-    """The [N, NCOLS] table of a real plan: VP schedule, DPM-Solver++(2M), eps model, CFG."""
+    """The [N, NCOLS] table of a real plan: VP schedule, DPM-Solver++(2M), eps model, CFG; its
+    extrapolation columns (zero in a plan without extrapolated steps) random, so the extrapolated
+    step computes something (the values do not change its cost)."""
     schedule = Schedule.vp("scaled_linear", spacing="leading", steps_offset=1)
     plan = compile_plan(schedule.discretize(PLAN_STEPS), get_sampler("dpmpp_2m"), Full(), ["eps"], GUIDANCE)
     assert plan.history_reads[STEP] == READS and plan.cfg
-    return plan.coefficients(torch.float32, device)
+    table = plan.coefficients(torch.float32, device).clone()
+    cols = [int(c) for c in EXTRAPOLATION_COLS]
+    table[:, cols] = torch.rand((table.shape[0], len(cols)), generator=torch.Generator().manual_seed(0)).to(device)
+    return table
 
 
 class StepBuffers:
-    """One set of step inputs/outputs for a latent of ``n`` elements, shape [1, n]."""
+    """One set of inputs/outputs of ``op`` for a latent of ``n`` elements, shape [1, n]."""
 
-    def __init__(self, n, dtype, device, seed):
+    def __init__(self, n, dtype, device, seed, op="model_step"):
         g = torch.Generator(device=device).manual_seed(seed)
-        self.x = torch.randn((1, n), generator=g, device=device, dtype=dtype)
-        self.m = torch.randn((2, n), generator=g, device=device, dtype=dtype)
-        self.hist = torch.randn((3, 1, n), generator=g, device=device, dtype=dtype)
-        self.out = torch.empty_like(self.x)
+        def randn(*shape):
+            return torch.randn(shape, generator=g, device=device, dtype=dtype)
+        self.x = randn(1, n)
+        self.tensors = [self.x]
+        if op == "model_step":
+            self.m = randn(2, n)
+            self.tensors.append(self.m)
+        else:
+            self.x_prev = randn(1, n)
+            self.tensors.append(self.x_prev)
+        if op == "transition_dots":
+            self.x_target = randn(1, n)
+            self.tensors.append(self.x_target)
+        else:
+            self.hist = randn(3, 1, n)
+            self.out = torch.empty_like(self.x)
+            self.tensors += [self.hist, self.out]
 
     @property
     def nbytes(self):
-        return sum(t.numel() * t.element_size() for t in (self.x, self.m, self.hist, self.out))
+        return sum(t.numel() * t.element_size() for t in self.tensors)
 
 
-def implementations(coefs, names, configs=()):
-    """name -> fn(buffers): the same step by each implementation.  Call once per (size, dtype):
+def bind(fn, op, coefs):
+    """fn(buffers) -> the op's result (``out``, or the dots) for ``fn`` an implementation of ``op``."""
+    if op == "model_step":
+        def call(b):
+            fn(b.x, b.m, b.hist, coefs, STEP, b.out, reads=READS, cfg=True)
+            return b.out
+    elif op == "extrapolate_step":
+        def call(b):
+            fn(b.x, b.x_prev, b.hist, coefs, STEP, b.out, reads=EXTRAPOLATE_READS)
+            return b.out
+    else:
+        def call(b):
+            return fn(b.x, b.x_prev, b.x_target)
+    return call
+
+
+def implementations(coefs, names, configs=(), op="model_step"):
+    """name -> fn(buffers): the same ``op`` by each implementation.  Call once per (size, dtype):
     ``torch.compile`` specialises on shapes (``dynamic=False``), and the dynamo cache is reset so
     that its recompile limit never sends a case back to eager."""
     torch._dynamo.reset()
-    def call(op):
-        return lambda b: op(b.x, b.m, b.hist, coefs, STEP, b.out, reads=READS, cfg=True)
-
     impls = {}
     for name in names:
         if name == "eager":
-            impls[name] = call(ops_reference.model_step)
+            impls[name] = bind(getattr(ops_reference, op), op, coefs)
         elif name == "compile":
-            impls[name] = call(torch.compile(ops_reference.model_step, dynamic=False, fullgraph=True))
+            impls[name] = bind(torch.compile(getattr(ops_reference, op), dynamic=False, fullgraph=True), op, coefs)
         elif name == "fused":
             from ltc import kernels
             if not kernels.AVAILABLE:
                 raise SystemExit("--impls fused needs triton")
-            impls[name] = call(kernels.model_step)
+            impls[name] = bind(getattr(kernels, op), op, coefs)
         else:
             raise SystemExit(f"unknown implementation {name!r}: use fused, eager, compile")
+    if configs and op != "model_step":
+        raise SystemExit("--configs times the fused model step's launch sizes: use it with --op model_step")
     for config in configs:  # the fused kernel at other launch sizes, e.g. "2048x8"
-        from ltc.kernels.model_step_kernel import launch_unchecked
+        from ltc.kernels.model_step import launch_unchecked
         block, warps = (int(v) for v in config.split("x"))
         impls[f"fused_{block}x{warps}"] = (
             lambda b, block=block, warps=warps: launch_unchecked(
@@ -185,10 +230,16 @@ def copy_bandwidth(timer, nbytes, repeats, warmup):
             "gbps": 2 * src.numel() * 4 / median / 1e3, "raw_us": times}
 
 
-def rotating_sets(n, dtype, device, working_set_bytes, max_sets):
-    first = StepBuffers(n, dtype, device, seed=0)
+def rotating_sets(n, dtype, device, working_set_bytes, max_sets, op="model_step"):
+    first = StepBuffers(n, dtype, device, seed=0, op=op)
     count = min(max_sets, max(2, math.ceil(working_set_bytes / first.nbytes)))
-    return [first] + [StepBuffers(n, dtype, device, seed=s) for s in range(1, count)]
+    return [first] + [StepBuffers(n, dtype, device, seed=s, op=op) for s in range(1, count)]
+
+
+def op_args(op):
+    """The fixed arguments of the timed call, as recorded in the result rows."""
+    return {"model_step": {"cfg": True, "reads": READS}, "extrapolate_step": {"reads": EXTRAPOLATE_READS},
+            "transition_dots": {}}[op]
 
 
 def device_slug(device):
@@ -200,6 +251,7 @@ def device_slug(device):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--op", default="model_step", choices=OPS, help="the step op to time (default model_step)")
     p.add_argument("--sizes", type=int, nargs="+", help="latent elements (default: 64K..64M on CUDA, 64K, 256K on CPU)")
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     p.add_argument("--impls", nargs="+", help="fused eager compile (default: all on CUDA, eager on CPU)")
@@ -209,7 +261,8 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--flush-mib", type=int, default=None, help="L2 flush buffer (default 256 MiB CUDA, 32 MiB CPU)")
     p.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth buffer (default 1024 MiB CUDA, 64 CPU)")
-    p.add_argument("--out", type=Path, help="result file (default bench/results/step_kernels_<device>.json)")
+    p.add_argument("--out", type=Path, help="result file (default bench/results/step_kernels_<device>.json for "
+                   "model_step, step_ops_<op>_<device>.json for the other ops)")
     args = p.parse_args()
 
     cuda = torch.device(args.device).type == "cuda"
@@ -231,13 +284,13 @@ def main():
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
         for n in sizes:
-            step_bytes = STREAMS * n * dtype.itemsize
-            sets = rotating_sets(n, dtype, args.device, working_set_bytes=4 * flush, max_sets=8)
+            step_bytes = OP_STREAMS[args.op] * n * dtype.itemsize
+            sets = rotating_sets(n, dtype, args.device, working_set_bytes=4 * flush, max_sets=8, op=args.op)
             same = copy_bandwidth(timer, step_bytes // 2, repeats, args.warmup)
             results, case_rows = {}, []
-            for name, fn in implementations(coefs, names, args.configs).items():
-                row = {"impl": name, "dtype": dtype_name, "numel": n, "shape": [1, n], "cfg": True,
-                       "reads": READS, "bytes_moved": step_bytes, "rotating_sets": len(sets)}
+            for name, fn in implementations(coefs, names, args.configs, args.op).items():
+                row = {"impl": name, "dtype": dtype_name, "numel": n, "shape": [1, n], **op_args(args.op),
+                       "bytes_moved": step_bytes, "rotating_sets": len(sets)}
                 try:
                     times = timer.per_call_us(fn, sets, repeats, args.warmup)
                 except Exception as exc:  # e.g. a torch.compile failure: recorded, the sweep goes on
@@ -256,8 +309,7 @@ def main():
                         row["graph_us_per_step"] = timer.graph_us_per_step(fn, sets[0], 20, 20)
                     except Exception as exc:
                         row["graph_error"] = f"{type(exc).__name__}: {exc}"[:500]
-                fn(sets[0])
-                results[name] = sets[0].out.float().clone()
+                results[name] = fn(sets[0]).float().clone()
                 case_rows.append(row)
                 print(f"{name:8s} {dtype_name} n={n:>9d}: {median:9.1f} us  {gbps:8.1f} GB/s  "
                       f"{100 * gbps / peak['gbps']:5.1f}% of copy  (b2b {row['back_to_back_us']:.1f} us)")
@@ -277,10 +329,12 @@ def main():
     label = (f"GPU ({slug}); implementations: {', '.join(names)}" if cuda else
              f"CPU, reference only (implementations: {', '.join(names)}; eager = the ops_reference chain): "
              "this run only keeps the benchmark from rotting; CPU timings on a shared machine, not a result")
+    step = {"sampler": "dpmpp_2m", "guidance_scale": GUIDANCE, "prediction": "eps", "plan_steps": PLAN_STEPS,
+            "step": STEP, **op_args(args.op),
+            "bytes_moved": f"{OP_STREAMS[args.op]} * numel * itemsize {OP_BYTES[args.op]}"}
     payload = {"benchmark": "step_kernels", "label": label,
-               "step": {"sampler": "dpmpp_2m", "guidance_scale": GUIDANCE, "prediction": "eps",
-                        "plan_steps": PLAN_STEPS, "step": STEP, "reads": READS, "cfg": True,
-                        "bytes_moved": f"{STREAMS} * numel * itemsize (x, m_u, m_c, D_prev in; x_next, D out)"},
+               **({} if args.op == "model_step" else {"op": args.op}),
+               "step": step,
                "timing": {"method": timer.method, "repeats": repeats, "warmup": args.warmup,
                           "l2_flush_bytes": flush, "median": "of the per-call times in raw_us",
                           "back_to_back_us": "wall time per call of calls in a row, host overhead included",
@@ -288,7 +342,8 @@ def main():
                "copy_peak": {k: v for k, v in peak.items()},
                "rows": rows}
     if args.out is None:
-        written = write_result(f"step_kernels_{slug}", payload)
+        written = write_result(f"step_kernels_{slug}" if args.op == "model_step" else f"step_ops_{args.op}_{slug}",
+                               payload)
     else:
         args.out.write_text(json.dumps({"machine": machine_info(), **payload}, indent=2, default=str) + "\n")
         written = args.out

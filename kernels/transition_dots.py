@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ltc.ops import checks
+
 from . import launch
 
 TARGET_CHUNKS = 256   # chunks per sample before a chunk grows beyond one tile
@@ -73,17 +75,9 @@ def chunking(L: int, block: int) -> tuple[int, int]:
 def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
     """``[B, 2]`` = per-sample ``[<d, r>, <d, d>]`` (float32, float64 for float64 ``x``), see the
     module docstring and :func:`ltc.ops.reference.transition_dots`.  Inputs ``[B, *S]``."""
-    launch.tensor("x", x)
-    launch.tensor("x_prev", x_prev)
-    launch.tensor("x_target", x_target)
-    if x.dim() < 1:
-        raise ValueError("x must be [B, *S], got a 0-d tensor")
-    launch.shape("x_prev", x_prev, x.shape)
-    launch.shape("x_target", x_target, x.shape)
+    x, x_prev, x_target = checks.transition_dots(launch.RULES, x, x_prev, x_target)
     if x.shape[0] > MAX_BATCH:
         raise ValueError(f"transition_dots supports at most {MAX_BATCH} samples, got B = {x.shape[0]}")
-    launch.same_device(_partial_dots_kernel, x=x, x_prev=x_prev, x_target=x_target)
-    x, x_prev, x_target = launch.readable(x), launch.readable(x_prev), launch.readable(x_target)
 
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     B = x.shape[0]

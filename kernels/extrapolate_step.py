@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ltc.ops import checks
 from ltc.ops.contract import Col
 
 from . import launch
@@ -63,25 +64,8 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
     """One extrapolated step in one kernel launch (see the module docstring and
     :func:`ltc.ops.reference.extrapolate_step`).  ``x, x_prev, out: [B, *S]``, ``hist: [H, B, *S]``
     (H > reads), ``coefs: [N, NCOLS]``; writes ``out`` and ``hist[step % H]``."""
-    launch.tensor("x", x)
-    launch.tensor("x_prev", x_prev)
-    launch.tensor("hist", hist)
-    launch.tensor("out", out)
-    launch.coefficients(coefs)
-    if x.dim() < 1:
-        raise ValueError("x must be [B, *S], got a 0-d tensor")
-    launch.shape("x_prev", x_prev, x.shape)
-    launch.shape("out", out, x.shape)
-    if hist.dim() != x.dim() + 1:
-        raise ValueError(f"hist must be [H, *x.shape], got shape {tuple(hist.shape)} for x {tuple(x.shape)}")
-    launch.shape("hist", hist, (hist.shape[0], *x.shape))
-    reads = launch.reads_of(reads, hist.shape[0])
-    step = launch.step_of(step, coefs)
-    launch.same_device(_extrapolate_step_kernel, x=x, x_prev=x_prev, hist=hist, coefs=coefs, out=out,
-                       step=step if isinstance(step, torch.Tensor) else None)
-    launch.writable("out", out)
-    launch.writable("hist", hist)
-    x, x_prev = launch.readable(x), launch.readable(x_prev)
+    x, x_prev, hist, coefs, step, out, reads = checks.extrapolate_step(
+        launch.RULES, x, x_prev, hist, coefs, step, out, reads=reads)
 
     n = x.numel()
     if n == 0:

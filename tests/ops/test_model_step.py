@@ -1,0 +1,214 @@
+"""``model_step`` on every backend (reference, triton, cuda) against the specification: the
+equations of :mod:`ltc.ops.contract` in float64 (tests/ops/cases.py says how, and with which
+tolerances).  The matrix is every shape x storage dtype, with reads, guidance, noise, the step
+(row, host int or device tensor), ``out`` aliasing ``x`` and non-contiguous read-only inputs
+combined pairwise; then real plans, edge cases and the argument checks.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cases
+from cases import (N_ROWS, SHAPES, STEPS, STORAGE, TRITON_INTERPRETED, generator, history, late, nan_like, random,
+                   run_model_step, same_bits, step_arg, strided, table)
+from ltc.ops import reference
+from ltc.ops.contract import compute_dtype
+from ltc.plan import compile_plan
+from ltc.policies import Full
+from ltc.samplers import DDIM, get_sampler
+from ltc.schedule import Schedule
+
+MATRIX = cases.pairwise({
+    "shape": SHAPES, "dtype": list(STORAGE), "reads": [0, 1, 2], "cfg": [False, True], "noise": [False, True],
+    "step": list(STEPS), "step_kind": ["int", "tensor", "int32"], "alias": [None, "x"], "strided": [False, True]})
+
+
+def model_inputs(shape, dtype, device, gen, *, step, reads, cfg, noise, slots=cases.H):
+    """``x, model_out, hist, coefs, noise`` of one step (``hist`` poisoned but for the slots read)."""
+    x = random(shape, dtype, device, gen)
+    m = random((shape[0] * (2 if cfg else 1), *shape[1:]), dtype, device, gen)
+    hist = history(shape, dtype, device, gen, step, reads, slots)
+    z = random(shape, dtype, device, gen) if noise else None
+    return x, m, hist, table(dtype, device, gen), z
+
+
+@pytest.mark.parametrize("case", cases.params(MATRIX))
+def test_model_step_matches_the_specification(backend, case):
+    step, reads, cfg, device = case["step"], case["reads"], case["cfg"], backend.device
+    x, m, hist, coefs, z = model_inputs(case["shape"], case["dtype"], device, generator("model_step", case),
+                                        step=step, reads=reads, cfg=cfg, noise=case["noise"])
+    if case["strided"]:  # the read-only inputs (x too, unless it is also out)
+        x = x if case["alias"] == "x" else strided(x)
+        m, coefs, z = strided(m), strided(coefs), None if z is None else strided(z)
+    run_model_step(backend.module, x, m, hist, coefs, step_arg(step, case["step_kind"], device), reads=reads,
+                   cfg=cfg, noise=z, alias=case["alias"])
+
+
+def test_model_step_reads_the_same_step_from_a_device_tensor(backend):
+    """Every row of the table and every reads: a device step index gives the host index's bits."""
+    device, gen = backend.device, generator("model_step device step")
+    x, m, _, coefs, z = model_inputs((3, 5), torch.float32, device, gen, step=0, reads=0, cfg=True, noise=True)
+    for step in range(N_ROWS):
+        for reads in (0, 1, 2):
+            hist = history((3, 5), torch.float32, device, gen, step, reads)
+            results = []
+            for s in (step, torch.tensor(step, device=device)):
+                h, out = hist.clone(), nan_like(x)
+                backend.module.model_step(x, m, h, coefs, s, out, reads=reads, cfg=True, noise=z)
+                results.append((out, h))
+            (out_int, h_int), (out_dev, h_dev) = results
+            assert not out_int.isnan().any() and not h_int[step % cases.H].isnan().any()
+            assert same_bits(out_int, out_dev) and same_bits(h_int, h_dev), (step, reads)
+
+
+PLAN_CASES = [  # (schedule, sampler, prediction)
+    ("vp", "ddim", "eps"), ("vp", DDIM(eta=0.7), "eps"), ("flow", "euler", "flow"), ("vp", "euler", "v"),
+    ("vp", "dpmpp_1m", "x0"), ("vp", "dpmpp_2m", "eps"), ("vp", "dpmpp_3m", "v"), ("flow", "dpmpp_3m", "flow")]
+
+
+def schedule_of(kind):
+    return Schedule.vp("scaled_linear", spacing="leading", steps_offset=1) if kind == "vp" else Schedule.flow(3.0)
+
+
+@pytest.mark.parametrize("kind, sampler, prediction", PLAN_CASES,
+                         ids=[f"{k}-{getattr(s, 'name', s)}{'-eta' if isinstance(s, DDIM) else ''}-{p}"
+                              for k, s, p in PLAN_CASES])
+def test_model_step_on_compiled_plans(backend, kind, sampler, prediction):
+    """Every step of real guided plans (their coefficients, reads and noise), fp32 and bf16."""
+    plan = compile_plan(schedule_of(kind).discretize(6), get_sampler(sampler), Full(), [prediction], 4.0)
+    assert max(plan.history_reads) == {"dpmpp_2m": 1, "dpmpp_3m": 2}.get(getattr(sampler, "name", sampler), 0)
+    gen = generator("model_step plans", kind, str(sampler), prediction)
+    for dtype in (torch.float32, torch.bfloat16):
+        coefs = plan.coefficients(compute_dtype(dtype), backend.device)
+        for step in range(plan.steps):
+            reads = plan.history_reads[step]
+            x, m, hist, _, z = model_inputs((2, 4, 9, 11), dtype, backend.device, gen, step=step, reads=reads,
+                                            cfg=plan.cfg, noise=plan.noisy[step])
+            run_model_step(backend.module, x, m, hist, coefs, step, reads=reads, cfg=plan.cfg, noise=z)
+
+
+def test_model_step_with_one_history_slot(backend):
+    """H = 1 and no guidance: every segment aligned although numel is not a multiple of the vector
+    width (the extension's 16-byte vectors with a scalar tail)."""
+    for dtype in STORAGE:
+        x, m, hist, coefs, z = model_inputs((1, 1027), dtype, backend.device, generator("one slot", dtype),
+                                            step=2, reads=0, cfg=False, noise=True, slots=1)
+        run_model_step(backend.module, x, m, hist, coefs, 2, reads=0, cfg=False, noise=z)
+
+
+def test_model_step_on_unaligned_storage(backend):
+    """Every tensor starts one element into its storage (the extension's scalar path)."""
+    for dtype in STORAGE:
+        x, m, hist, coefs, z = model_inputs((2, 4, 8, 8), dtype, backend.device, generator("late", dtype),
+                                            step=4, reads=2, cfg=True, noise=True)
+        run_model_step(backend.module, late(x), late(m), late(hist), coefs, 4, reads=2, cfg=True, noise=late(z))
+
+
+def test_reference_model_step_traces_without_graph_breaks():
+    step = torch.compile(reference.model_step, fullgraph=True, backend="eager")
+    x, m, coefs = torch.randn(2, 4), torch.randn(2, 4), torch.randn(3, 14)
+    hist, out = torch.randn(3, 2, 4), torch.empty(2, 4)
+    step(x, m, hist, coefs, torch.tensor(2), out, reads=2, cfg=False)
+    want = torch.empty(2, 4)
+    reference.model_step(x, m, hist.clone(), coefs, 2, want, reads=2, cfg=False)
+    torch.testing.assert_close(out, want)
+
+
+# ---------------------------------------------------------------- argument checks
+
+def bad_model_step_args(gen, device, one_dtype):
+    x, m, hist, coefs, z = model_inputs((2, 5), torch.float32, device, gen, step=1, reads=1, cfg=True, noise=True)
+    base = dict(x=x, model_out=m, hist=hist, coefs=coefs, step=1, out=torch.empty_like(x), reads=1, cfg=True,
+                noise=z)
+    bad = [
+        (dict(x=x.cpu().numpy()), TypeError, "x must be a torch.Tensor"),
+        (dict(x=x.to(torch.int32)), TypeError, "x must have a dtype"),
+        (dict(model_out=m[:2]), ValueError, r"model_out has shape \(2, 5\), expected \(4, 5\)"),
+        (dict(cfg=False), ValueError, "model_out has shape"),
+        (dict(cfg=1), TypeError, "cfg must be a bool"),
+        (dict(out=torch.empty(2, 6, device=device)), ValueError, "out has shape"),
+        (dict(out=torch.empty(5, 2, device=device).T), ValueError, "out must be contiguous"),
+        (dict(hist=hist[:, :1]), ValueError, "hist has shape"),
+        (dict(hist=hist[0]), ValueError, r"hist must be \[H, \*x.shape\]"),
+        (dict(hist=hist.transpose(1, 2).contiguous().transpose(1, 2)), ValueError, "hist must be contiguous"),
+        (dict(noise=z[:1]), ValueError, "noise has shape"),
+        (dict(reads=3), ValueError, "reads must be 0, 1 or 2"),
+        (dict(hist=hist[:1]), ValueError, "need at least 2 slots"),
+        (dict(coefs=coefs[:, :5]), ValueError, r"coefs must be the plan's \[N, 14\] table"),
+        (dict(coefs=coefs.half()), TypeError, "coefs must have a dtype"),
+        (dict(step=N_ROWS), ValueError, r"step must be in \[0, 7\)"),
+        (dict(step=-1), ValueError, "step must be in"),
+        (dict(step=1.0), TypeError, "step must be an int or a 0-d integer tensor"),
+        (dict(step=True), TypeError, "step must be an int"),
+        (dict(step=torch.tensor(1.0, device=device)), TypeError, "0-d integer tensor"),
+        (dict(step=torch.tensor([1], device=device)), TypeError, "0-d integer tensor"),
+    ]
+    if one_dtype:  # the extension: one storage dtype, coefs in its compute dtype
+        bad += [(dict(model_out=m.double()), TypeError, "model_out has dtype torch.float64 but x has torch.float32"),
+                (dict(coefs=coefs.double()), TypeError, "coefs must have dtype torch.float32")]
+    return base, bad
+
+
+def test_model_step_rejects_bad_arguments_before_any_work(checked):
+    """CPU tensors: the checks run before the device is needed, and nothing is written."""
+    cuda_ext = checked.__name__ == "ltc.ops.cuda"
+    base, bad = bad_model_step_args(generator("bad model_step"), "cpu", one_dtype=cuda_ext)
+    for change, error, match in bad:
+        args = {**base, **change}
+        hist_before = args["hist"].clone()
+        with pytest.raises(error, match=match):
+            checked.model_step(**args)
+        assert same_bits(args["hist"], hist_before)
+    if cuda_ext:
+        with pytest.raises(ValueError, match="the cuda backend needs CUDA tensors, got x on cpu"):
+            checked.model_step(**base)
+    elif not TRITON_INTERPRETED:  # a machine with a GPU: CPU tensors only in the interpreter
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            checked.model_step(**base)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["triton", "cuda"])
+def test_model_step_rejects_bad_cuda_arguments(name):
+    """The same checks on CUDA tensors, and tensors on two devices."""
+    backend = cases.backend(name)
+    if backend.device != "cuda":
+        pytest.skip("triton runs in its CPU interpreter here")
+    base, bad = bad_model_step_args(generator("bad cuda model_step"), "cuda", one_dtype=name == "cuda")
+    for change, error, match in bad:
+        with pytest.raises(error, match=match):
+            backend.module.model_step(**{**base, **change})
+    for change, match in [(dict(model_out=base["model_out"].cpu()), "model_out is on cpu"),
+                          (dict(step=torch.tensor(1)), "step is on cpu")]:
+        with pytest.raises(ValueError, match=match):
+            backend.module.model_step(**{**base, **change})
+
+
+# ---------------------------------------------------------------- the extension only
+
+@pytest.mark.gpu
+def test_extension_model_step_equals_the_reference_bit_for_bit():
+    """Same operations in the same order, each correctly rounded: identical results."""
+    ext = cases.backend("cuda")
+    for dtype in STORAGE:
+        x, m, hist, coefs, z = model_inputs((2, 4, 9, 11), dtype, "cuda", generator("bits", dtype), step=5,
+                                            reads=2, cfg=True, noise=True)
+        ref_hist, ref_out = hist.clone(), nan_like(x)
+        reference.model_step(x, m, ref_hist, coefs, 5, ref_out, reads=2, cfg=True, noise=z)
+        out, got_hist = run_model_step(ext.module, x, m, hist, coefs, 5, reads=2, cfg=True, noise=z)
+        assert same_bits(out, ref_out) and same_bits(got_hist, ref_hist), dtype
+
+
+@pytest.mark.gpu
+def test_extension_device_step_outside_the_table_poisons_out_and_keeps_history():
+    """A device index is read in the kernel: out of ``[0, N)`` the extension writes NaN to out and
+    leaves the history alone (for Triton the range is the caller's contract)."""
+    ext = cases.backend("cuda").module
+    x, m, hist, coefs, _ = model_inputs((2, 64), torch.float32, "cuda", generator("oob"), step=1, reads=1,
+                                        cfg=False, noise=False)
+    for bad in (N_ROWS, -1):
+        for dtype in (torch.int64, torch.int32):
+            out, h = torch.zeros_like(x), hist.clone()
+            ext.model_step(x, m, h, coefs, torch.tensor(bad, device="cuda", dtype=dtype), out, reads=1, cfg=False)
+            assert torch.isnan(out).all() and same_bits(h, hist)
