@@ -72,7 +72,8 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
         return
     in_memory = isinstance(step, torch.Tensor)
     block, num_warps = launch.elementwise_config(x.dtype, x_prev.dtype, hist.dtype, out.dtype)
-    _extrapolate_step_kernel[(launch.cdiv(n, block),)](
-        x, x_prev, hist, coefs, coefs.stride(0), coefs.stride(1),
-        0 if in_memory else step, step if in_memory else coefs, out, n, hist.shape[0],
-        STEP_IN_MEMORY=in_memory, READS=reads, BLOCK=block, num_warps=num_warps)
+    with launch.on_device(x):
+        _extrapolate_step_kernel[(launch.cdiv(n, block),)](
+            x, x_prev, hist, coefs, coefs.stride(0), coefs.stride(1),
+            0 if in_memory else step, step if in_memory else coefs, out, n, hist.shape[0],
+            STEP_IN_MEMORY=in_memory, READS=reads, BLOCK=block, num_warps=num_warps)

@@ -16,10 +16,12 @@ semantics they implement exactly):
 * ``hist`` needs more slots than the step reads (``H > reads``) so that the slot written is
   never a slot read.
 * CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
-  imported); elsewhere all tensors must be on one CUDA device.
+  imported); elsewhere all tensors must be on one CUDA device, which need not be the current
+  one (:func:`on_device`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -74,6 +76,16 @@ def block_offsets(n, BLOCK: tl.constexpr):
     """This program's element offsets (int64, so any size is addressable) and their mask."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     return offs, offs < n
+
+
+def on_device(x: torch.Tensor):
+    """The context a launch for ``x`` runs in: Triton launches on the *current* CUDA device, so a
+    tensor on another device (``cuda:1`` while ``cuda:0`` is current) gets a device guard; CPU
+    tensors and tensors on the current device need none."""
+    device = x.device
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device.index)
+    return contextlib.nullcontext()
 
 
 def _usable(first: str, device: torch.device) -> None:

@@ -95,9 +95,10 @@ def launch_unchecked(x, model_out, hist, coefs, step, out, *, reads, cfg, noise,
     if n == 0:
         return
     in_memory = isinstance(step, torch.Tensor)
-    _model_step_kernel[(launch.cdiv(n, block),)](
-        x, model_out, hist, coefs, coefs.stride(0), coefs.stride(1),
-        0 if in_memory else step, step if in_memory else coefs, out, noise if noise is not None else x,
-        n, hist.shape[0],
-        STEP_IN_MEMORY=in_memory, READS=reads, CFG=cfg, HAS_NOISE=noise is not None,
-        BLOCK=block, num_warps=num_warps)
+    with launch.on_device(x):
+        _model_step_kernel[(launch.cdiv(n, block),)](
+            x, model_out, hist, coefs, coefs.stride(0), coefs.stride(1),
+            0 if in_memory else step, step if in_memory else coefs, out, noise if noise is not None else x,
+            n, hist.shape[0],
+            STEP_IN_MEMORY=in_memory, READS=reads, CFG=cfg, HAS_NOISE=noise is not None,
+            BLOCK=block, num_warps=num_warps)

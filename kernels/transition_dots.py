@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ltc.ops import checks
+from ltc.ops.contract import compute_dtype
 
 from . import launch
 
@@ -79,7 +80,7 @@ def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tenso
     if x.shape[0] > MAX_BATCH:
         raise ValueError(f"transition_dots supports at most {MAX_BATCH} samples, got B = {x.shape[0]}")
 
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = compute_dtype(x.dtype)
     B = x.shape[0]
     L = x.numel() // B if B else 0
     if L == 0:
@@ -89,9 +90,10 @@ def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tenso
     partials = torch.empty((B, chunks, 2), dtype=acc, device=x.device)
     out = torch.empty((B, 2), dtype=acc, device=x.device)
     tl_acc = tl.float64 if acc == torch.float64 else tl.float32
-    _partial_dots_kernel[(chunks, B)](x, x_prev, x_target, partials, L, chunks,
-                                      ACC=tl_acc, TILES=tiles, BLOCK=block, num_warps=num_warps)
     finish = min(FINISH_BLOCK, triton.next_power_of_2(chunks))
-    _finish_dots_kernel[(B,)](partials, out, chunks, ACC=tl_acc, BLOCK=finish, num_warps=FINISH_WARPS)
+    with launch.on_device(x):
+        _partial_dots_kernel[(chunks, B)](x, x_prev, x_target, partials, L, chunks,
+                                          ACC=tl_acc, TILES=tiles, BLOCK=block, num_warps=num_warps)
+        _finish_dots_kernel[(B,)](partials, out, chunks, ACC=tl_acc, BLOCK=finish, num_warps=FINISH_WARPS)
     return out
 

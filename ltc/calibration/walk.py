@@ -104,6 +104,7 @@ class LTCWalk:
         """Model calls of a (non-fitting) walk from ``step`` to the end."""
         return sum(1 for i in range(step, self.plan.steps) if i not in self.index)
 
+    @torch.no_grad()  # trainable model weights: the walk keeps no autograd graph
     def run(self, noise: torch.Tensor | None = None, weights: torch.Tensor | None = None, *,
             fit: tuple | None = None, start: Checkpoint | None = None,
             keep_checkpoints: bool = False) -> WalkResult:

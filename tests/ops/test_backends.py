@@ -248,3 +248,30 @@ def test_extension_binding_checks_overlap_and_devices():
     buffer = torch.zeros(11, device="cuda")
     with pytest.raises(ValueError, match="out overlaps x without being the very same tensor"):
         torch.ops.ltc_cuda.extrapolate_step(buffer[:10].view(2, 5), x, hist, coefs, None, 1, buffer[1:].view(2, 5), 1)
+
+
+@needs_triton
+def test_triton_launches_are_guarded_to_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device: a tensor on another device gets a device guard
+    (``cuda:1`` while ``cuda:0`` is current), a tensor on the current device or the CPU none."""
+    import contextlib
+    import importlib
+
+    launch = importlib.import_module("ltc.kernels.launch")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    on = lambda device: launch.on_device(types.SimpleNamespace(device=torch.device(device)))  # noqa: E731
+    guard = on("cuda:1")
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    for device in ("cuda:0", "cpu"):
+        assert isinstance(on(device), contextlib.nullcontext)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_triton_ops_on_a_device_that_is_not_current_equal_the_reference():
+    torch.cuda.set_device(0)
+    schedule = Schedule.vp("scaled_linear")
+    oracle = ltc.oracles.GaussianMixture.random(schedule, dim=64)
+    run = dict(steps=10, noise=torch.randn(4, 64, device="cuda:1"), progress=False, graph=False)
+    torch.testing.assert_close(ltc.sample(oracle, schedule, backend="triton", **run),
+                               ltc.sample(oracle, schedule, backend="reference", **run), rtol=1e-5, atol=1e-5)
