@@ -7,7 +7,19 @@ the exact grid, the sampler, the extrapolated steps, the progress variable, the 
 policy.  ``LTC(weights=cal)`` / :meth:`Calibration.policy` check the key when the plan is
 compiled; a mismatch is a ValueError naming what differs.
 
-File format (no pickle): a safetensors file whose tensors are
+What a calibration was fitted on (``fitted_on``): the guidance scale, the shape ``[*S]`` of one
+sample, and for each model its plan calls (in model-index order) the model's name, the sha256 of
+its weights (:func:`ltc.io.model_fingerprint`; None for a plain callable that reads no tensors)
+and the user's ``model_tag`` (``ltc.calibrate(..., model_tag=...)``).  :meth:`Calibration.check_models`
+compares them with a run before its first model call (``ltc.sample`` and graph runs through
+``LTC.check_sampling``; ``ltc.Stepper`` for guidance and shape, and for the models when its
+``predictions`` are the models themselves):
+another guidance scale, sample shape, number of models or other weights is a ValueError; a plain
+callable is checked by its tag, which must then be the run's model name
+(``ltc.Model(fn, prediction, name=tag)``); one without a tag cannot be told apart, and that is a
+warning.
+
+File format (no pickle): an :mod:`ltc.io` file of format ``ltc-calibration``, whose tensors are
 
     weights, weights_step, gamma, residual, w_mean, w_std   float64 [K]
     steps                                                   int64   [K]
@@ -16,25 +28,33 @@ File format (no pickle): a safetensors file whose tensors are
 
 and whose string metadata holds ``format`` (``"ltc-calibration"``), ``format_version``,
 ``ltc_version``, ``key``, ``family``, JSON fields (``sampler``, ``structure``, ``fit``, ``cost``,
-``report``), ``accepted``, the printed ``summary`` and ``content_sha256`` (sha256 of every tensor's
-name, dtype, shape and bytes).  :meth:`Calibration.load` rejects a missing file, a file that is not
-safetensors (truncated, corrupted), missing or extra tensors or metadata, inconsistent shapes, a
-digest mismatch and a key that does not match the stored grid and structure.
+``report``, ``fitted_on``), ``accepted``, the printed ``summary`` and ``content_sha256`` (the
+:func:`ltc.io.content_digest` of every tensor *and* every other metadata field).
+:meth:`Calibration.load` rejects a missing file, a file that is not safetensors (truncated,
+corrupted), another format version, missing or extra tensors or metadata, a digest mismatch (one
+changed byte anywhere), a shipped file that differs from its pinned sha256, inconsistent shapes,
+non-finite weights, gammas or grid, an ``accepted`` that contradicts the report, and a key that
+does not match the stored grid and structure.
 
 Two version numbers, two reasons to bump:
 
 * ``FORMAT_VERSION`` (here): the file layout -- a tensor or metadata field added, removed or
-  reinterpreted.  Older files then fail to load with a message naming both versions.
+  reinterpreted, or the digest's definition.  Older files then fail to load with a message naming
+  both versions.  (Version 2: the digest covers the metadata, ``fitted_on`` was added.)
 * ``CALIBRATION_FORMAT`` (:mod:`ltc.policies.ltc_accel`, inside every ``key``): what a weight
   means -- the formulas of ``LTC.rows`` / ``LTC.gammas``, the history rule, the choice of the
   extrapolated steps.  Changing any of them without a bump would load every saved calibration
   with stale weights; after a bump they are refused by the key check, and the shipped files must
-  be regenerated (``python -m ltc demo --recalibrate``).  ``tests/test_calibration_files.py``
+  be regenerated (``LTC_HOME=/tmp/ltc python -m ltc demo --recalibrate``, copy ``/tmp/ltc/calibrations/*.safetensors`` into
+  ``ltc/zoo/calibrations/``, then ``python -m ltc.zoo.train pin``: the
+  shipped files are pinned by their sha256).  ``tests/test_calibration_files.py``
   re-derives the shipped calibrations under the current formula, so a missed bump fails there.
 """
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,22 +62,22 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..io import tensors_digest
+from ..io import FileFormat, model_fingerprint, read_checked, write_checked
 from ..policies.ltc_accel import LTC, calibration_key
 from ..schedule import Grid
 from .report import format_summary
 
 FORMAT = "ltc-calibration"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 PER_STEP = ("weights", "weights_step", "gamma", "residual", "w_mean", "w_std")
 TENSORS = PER_STEP + ("steps", "coherence", "grid_t", "grid_alpha", "grid_sigma")
-METADATA = ("format", "format_version", "ltc_version", "key", "family", "sampler", "structure", "fit",
-            "cost", "report", "accepted", "summary", "content_sha256")
-
-
-def content_digest(tensors: dict) -> str:
-    """sha256 over the sorted tensors' names, dtypes, shapes and bytes (``|``-separated)."""
-    return tensors_digest(tensors, "|")
+JSON_FIELDS = ("sampler", "structure", "fit", "cost", "report", "fitted_on")
+METADATA = ("ltc_version", "key", "family") + JSON_FIELDS + ("accepted", "summary")
+FILE_FORMAT = FileFormat(FORMAT, FORMAT_VERSION, tensors=TENSORS, metadata=METADATA,
+                         regenerate="Recalibrate (ltc.calibrate) and save it again; the shipped demo files: "
+                                    "LTC_HOME=/tmp/ltc python -m ltc demo --recalibrate, copy /tmp/ltc/calibrations/*.safetensors "
+                                    "into ltc/zoo/calibrations/, then python -m ltc.zoo.train pin.")
+FINITE = ("weights", "weights_step", "gamma")  # the numbers sampling uses (diagnostics may be NaN)
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +89,9 @@ class Calibration:
     one-step fit, sum_b |x* - x_ext|^2 / sum_b |x* - x_i|^2), ``w_mean`` / ``w_std`` (per-sample
     one-step optima across the batch).  ``coherence [N-1]``: mean over the batch of
     cos(Delta_{i-1}, Delta_i), i = 1..N-1, on the full-N trajectory.  ``report``: the comparison
-    rows and the refusal decision (:mod:`ltc.calibration.report`).
+    rows and the refusal decision (:mod:`ltc.calibration.report`).  ``fitted_on``: the models,
+    guidance scale and sample shape it was fitted on (see the module docstring; empty for a
+    calibration made by hand, which then cannot be checked against a run).
     """
 
     weights: np.ndarray
@@ -88,6 +110,17 @@ class Calibration:
     cost: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     version: str = ""
+    fitted_on: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        w = np.asarray(self.weights, dtype=np.float64)
+        if w.ndim != 1 or w.shape != np.shape(self.steps):
+            raise ValueError(f"a calibration needs one weight per extrapolated step: weights have shape {w.shape}, "
+                             f"steps {np.shape(self.steps)}")
+        bad = [int(s) for s, v in zip(np.asarray(self.steps).tolist(), w) if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"the calibration's weights are not finite at extrapolated steps {bad}: "
+                             f"{w.tolist()}")
 
     # -- decisions -------------------------------------------------------------------------------
     @property
@@ -137,6 +170,32 @@ class Calibration:
             raise ValueError(f"the plan's policy is {plan.policy!r}, not LTC: a calibration applies to LTC plans")
         self.check(plan.grid, plan.sampler, plan.policy)
 
+    def check_models(self, models, sample_shape, guidance_scale) -> None:
+        """Raise ValueError if a run differs from what this calibration was fitted on (see the module
+        docstring): ``models`` (the :class:`ltc.Model` objects its plan calls, in model-index
+        order, or None when the caller does not see them), the shape ``[*S]`` of one sample and the
+        guidance scale (None: no guidance).  Warns where it cannot tell."""
+        fitted = self.fitted_on
+        if not fitted:
+            warnings.warn("this LTC calibration records nothing about the models, guidance and sample shape it was "
+                          "fitted on (made by hand?): ltc cannot check that it fits this run", stacklevel=3)
+            return
+        if fitted["guidance_scale"] != guidance_scale:
+            raise ValueError(f"this LTC calibration was fitted with guidance_scale={fitted['guidance_scale']}; this "
+                             f"run uses guidance_scale={guidance_scale} (LTC weights depend on it: recalibrate)")
+        if list(sample_shape) != fitted["sample_shape"]:
+            raise ValueError(f"this LTC calibration was fitted on samples of shape {fitted['sample_shape']} (without "
+                             f"the batch); this run's are {list(sample_shape)} (recalibrate for this shape)")
+        if models is None:
+            return
+        records = fitted["models"]
+        if len(models) != len(records):
+            raise ValueError(f"this LTC calibration was fitted on {len(records)} model(s) "
+                             f"{[r['name'] for r in records]}; this run's plan calls {len(models)}: "
+                             f"{[getattr(m, 'name', m) for m in models]}")
+        for record, model in zip(records, models):
+            _check_model(record, model)
+
     def recommended(self) -> dict | None:
         """The better plain plan when the refusal rule rejected LTC, else None."""
         d = self.report.get("decision", {})
@@ -154,43 +213,19 @@ class Calibration:
         return out
 
     def save(self, path) -> None:
-        """Write the calibration to ``path`` (safetensors with metadata; see the module docstring)."""
-        from safetensors.torch import save_file
-        tensors = self._tensors()
-        meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "ltc_version": self.version or __version__,
-                "key": self.key, "family": self.grid.family, "sampler": json.dumps(self.sampler),
-                "structure": json.dumps(self.structure), "fit": json.dumps(self.fit), "cost": json.dumps(self.cost),
-                "report": json.dumps(self.report), "accepted": json.dumps(self.accepted),
-                "summary": self.summary(), "content_sha256": content_digest(tensors)}
-        save_file(tensors, str(path), metadata=meta)
+        """Write the calibration to ``path`` (an :mod:`ltc.io` file, written atomically; see the
+        module docstring)."""
+        meta = {"ltc_version": self.version or __version__, "key": self.key, "family": self.grid.family,
+                **{name: json.dumps(getattr(self, name)) for name in JSON_FIELDS},
+                "accepted": json.dumps(self.accepted), "summary": self.summary()}
+        write_checked(path, self._tensors(), meta, FILE_FORMAT)
 
     @classmethod
     def load(cls, path, *, plan=None) -> "Calibration":
-        """Read and verify a calibration file; with ``plan``, also check that it fits that plan."""
+        """Read and verify a calibration file (whole: :func:`ltc.io.read_checked`, then its
+        contents); with ``plan``, also check that it fits that plan."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"calibration file not found: {path}")
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except Exception as exc:  # the safetensors parser's errors: truncated header, bad offsets, ...
-            raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupted?): {exc}") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an ltc calibration file (metadata format={meta.get('format')!r})")
-        if meta.get("format_version") != str(FORMAT_VERSION):
-            raise ValueError(f"{path} has calibration format version {meta.get('format_version')!r}; this ltc "
-                             f"reads version {FORMAT_VERSION}")
-        missing = sorted(set(TENSORS) - set(tensors))
-        extra = sorted(set(tensors) - set(TENSORS))
-        if missing or extra:
-            raise ValueError(f"{path}: calibration tensors do not match the format: missing {missing}, extra {extra}")
-        missing_meta = sorted(set(METADATA) - set(meta))
-        if missing_meta:
-            raise ValueError(f"{path}: calibration metadata is missing {missing_meta}")
-        if content_digest(tensors) != meta["content_sha256"]:
-            raise ValueError(f"{path}: tensor contents do not match the stored digest (corrupted file)")
+        tensors, meta = read_checked(path, FILE_FORMAT)
         cal = cls._from_parts(path, tensors, meta)
         if plan is not None:
             cal.check_plan(plan)
@@ -199,14 +234,22 @@ class Calibration:
     @classmethod
     def _from_parts(cls, path, tensors: dict, meta: dict) -> "Calibration":
         try:
-            parsed = {k: json.loads(meta[k]) for k in ("sampler", "structure", "fit", "cost", "report")}
+            parsed = {k: json.loads(meta[k]) for k in JSON_FIELDS + ("accepted",)}
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: calibration metadata is not valid JSON: {exc}") from None
+        decision = parsed["report"].get("decision", {}) if isinstance(parsed["report"], dict) else {}
+        if parsed["accepted"] != decision.get("accepted"):
+            raise ValueError(f"{path}: metadata accepted={meta['accepted']} contradicts the report's decision "
+                             f"{decision.get('accepted')}")
+        _check_fitted_on(path, parsed["fitted_on"])
         arrays = {k: v.numpy() for k, v in tensors.items()}
         K = arrays["weights"].shape
         bad = [n for n in PER_STEP + ("steps",) if arrays[n].shape != K or arrays[n].ndim != 1]
         if bad or arrays["steps"].dtype != np.int64 or any(arrays[n].dtype != np.float64 for n in PER_STEP):
             raise ValueError(f"{path}: per-step tensors must all be 1-D of the same length (float64; steps int64)")
+        bad = [n for n in FINITE + ("grid_t", "grid_alpha", "grid_sigma") if not np.all(np.isfinite(arrays[n]))]
+        if bad:
+            raise ValueError(f"{path}: calibration tensors {bad} hold NaN or Inf values")
         try:
             grid = Grid(arrays["grid_t"], arrays["grid_alpha"], arrays["grid_sigma"], meta["family"])
         except ValueError as exc:
@@ -222,4 +265,52 @@ class Calibration:
                    gamma=arrays["gamma"], residual=arrays["residual"], w_mean=arrays["w_mean"],
                    w_std=arrays["w_std"], coherence=arrays["coherence"], grid=grid, sampler=parsed["sampler"],
                    structure=s, key=key, fit=parsed["fit"], cost=parsed["cost"], report=parsed["report"],
-                   version=meta["ltc_version"])
+                   version=meta["ltc_version"], fitted_on=parsed["fitted_on"])
+
+
+def fitted_on_record(models, fingerprints, tags, sample_shape, guidance_scale) -> dict:
+    """``fitted_on`` of a calibration whose plan calls ``models`` (with their weight
+    fingerprints and user tags, each None when there is none)."""
+    return {"guidance_scale": guidance_scale, "sample_shape": [int(s) for s in sample_shape],
+            "models": [{"name": m.name, "weights_sha256": fp, "tag": tag}
+                       for m, fp, tag in zip(models, fingerprints, tags)]}
+
+
+def _check_fitted_on(path, fitted) -> None:
+    """The structure of a stored ``fitted_on`` (see :func:`fitted_on_record`)."""
+    def optional_str(v):
+        return v is None or isinstance(v, str)
+    ok = (isinstance(fitted, dict) and set(fitted) == {"guidance_scale", "sample_shape", "models"}
+          and (fitted["guidance_scale"] is None or isinstance(fitted["guidance_scale"], (int, float)))
+          and isinstance(fitted["sample_shape"], list) and all(isinstance(v, int) for v in fitted["sample_shape"])
+          and isinstance(fitted["models"], list) and len(fitted["models"]) >= 1
+          and all(isinstance(r, dict) and set(r) == {"name", "weights_sha256", "tag"} and isinstance(r["name"], str)
+                  and optional_str(r["weights_sha256"]) and optional_str(r["tag"]) for r in fitted["models"]))
+    if not ok:
+        raise ValueError(f"{path}: metadata fitted_on must be {{'guidance_scale': number | null, 'sample_shape': "
+                         f"[ints], 'models': [{{'name', 'weights_sha256', 'tag'}}, ...]}}, got {fitted!r}")
+
+
+def _check_model(record: dict, model) -> None:
+    """One model of a run against the record of the model the calibration was fitted on."""
+    name = getattr(model, "name", repr(model))
+    if record["weights_sha256"] is not None:
+        found = model_fingerprint(getattr(model, "fn", model))
+        if found is None:
+            warnings.warn(f"this LTC calibration was fitted on model {record['name']!r} (weights sha256 "
+                          f"{record['weights_sha256'][:16]}...); ltc finds no weights in this run's model {name!r} "
+                          "and cannot tell whether it is the same model", stacklevel=4)
+        elif found != record["weights_sha256"]:
+            raise ValueError(f"this LTC calibration was fitted on model {record['name']!r} with weights sha256 "
+                             f"{record['weights_sha256'][:16]}...; this run's model {name!r} has other weights "
+                             f"({found[:16]}...). LTC weights are valid for the exact model weights (and dtype) "
+                             "they were fitted on: recalibrate")
+    elif record["tag"] is not None:
+        if name != record["tag"]:
+            raise ValueError(f"this LTC calibration was fitted on a model tagged {record['tag']!r} (a callable without "
+                             f"weights ltc can fingerprint); this run's model is named {name!r}. If it is the same "
+                             f"model, name it so: ltc.Model(fn, prediction, name={record['tag']!r})")
+    else:
+        warnings.warn(f"this LTC calibration was fitted on {record['name']!r}, a callable without weights ltc can "
+                      f"fingerprint, and without a model_tag: ltc cannot tell whether this run's model {name!r} is "
+                      "the same (calibrate with model_tag=... to have it checked)", stacklevel=4)

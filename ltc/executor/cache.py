@@ -10,10 +10,10 @@ and an entry is only used for the very objects it was captured with: it keeps re
 model callables and the generator (weak ones where possible: a remembered failure must not keep a
 model alive), and the identity and address of every tensor the callables can reach
 (:func:`reachable_tensors`): parameters, buffers and tensor attributes of every ``torch.nn.Module``
-found in the callable itself, the instance of a bound method, an :class:`ltc.Model`'s function,
-the function, arguments and keywords of a ``functools.partial``, a function's closure cells,
-``__wrapped__`` and the globals its code names, and the attributes of plain objects, a few levels
-deep.  A captured walk also holds those tensors strongly, so their memory cannot be reused by
+found by :func:`ltc.io.weight_holders` -- in the callable itself, the instance of a bound method,
+an :class:`ltc.Model`'s function, the function, arguments and keywords of a ``functools.partial``,
+a function's closure cells, ``__wrapped__`` and the globals its code names, and the attributes of
+plain objects, a few levels deep.  A captured walk also holds those tensors strongly, so their memory cannot be reused by
 another tensor while its graphs may read it.
 
 What is checked, and what is frozen at capture:
@@ -33,7 +33,6 @@ and is captured again every time (the cache holds at most ``capacity`` entries).
 """
 from __future__ import annotations
 
-import functools
 import inspect
 import weakref
 from collections import OrderedDict
@@ -42,11 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils._pytree import tree_flatten
 
+from ..io import weight_holders
 from .capture import GraphCaptureError
-
-SEARCH_DEPTH = 4  # object links followed from a callable to the modules and tensors it reads
-_ATOMS = (str, bytes, int, float, complex, bool, type(None), type)
-
 
 def _referent(obj):
     """A callable returning ``obj``: a weak reference when possible, else a strong one."""
@@ -61,59 +57,19 @@ def _parts(obj) -> tuple:
     return (obj.__self__, obj.__func__) if inspect.ismethod(obj) else (obj,)
 
 
-def _children(obj) -> list:
-    """The objects ``obj`` can read (see the module docstring)."""
-    if isinstance(obj, functools.partial):
-        return [obj.func, *obj.args, *obj.keywords.values()]
-    if inspect.ismethod(obj):
-        return [obj.__self__, obj.__func__]
-    if inspect.isfunction(obj):
-        cells = []
-        for cell in obj.__closure__ or ():
-            try:
-                cells.append(cell.cell_contents)
-            except ValueError:  # an empty cell
-                pass
-        names = [obj.__globals__[n] for n in obj.__code__.co_names if n in obj.__globals__]
-        return cells + names + [getattr(obj, "__wrapped__", None)]
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return list(obj)
-    if isinstance(obj, dict):
-        return list(obj.values())
-    if inspect.isroutine(obj) or not hasattr(obj, "__dict__"):
-        return []  # a builtin or C function, or an object without attributes
-    return list(vars(obj).values())
-
-
 def reachable_tensors(fn) -> list[torch.Tensor]:
-    """Every tensor ``fn`` can read: parameters, buffers and tensor attributes of the modules it
-    reaches, and tensors it holds directly (see the module docstring), each once."""
+    """Every tensor ``fn`` can read, each once: the parameters, buffers and tensor attributes of the
+    modules it reaches and the loose tensors it holds (:func:`ltc.io.weight_holders` finds them)."""
     found, seen = [], set()
-
-    def add(t):
-        if id(t) not in seen:
-            seen.add(id(t))
-            found.append(t)
-
-    def visit(obj, depth):
-        if depth < 0 or id(obj) in seen or isinstance(obj, _ATOMS) or inspect.ismodule(obj):
-            return
-        if isinstance(obj, torch.Tensor):
-            add(obj)
-            return
-        seen.add(id(obj))
-        if isinstance(obj, torch.nn.Module):
-            for m in obj.modules():
-                for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
-                    add(t)
-                for v in vars(m).values():
-                    if isinstance(v, torch.Tensor):
-                        add(v)
-            return
-        for child in _children(obj):
-            visit(child, depth - 1)
-
-    visit(fn, SEARCH_DEPTH)
+    for holder in weight_holders(fn):
+        tensors = [holder] if isinstance(holder, torch.Tensor) else [
+            t for m in holder.modules()
+            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False),
+                      *(v for v in vars(m).values() if isinstance(v, torch.Tensor)))]
+        for t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                found.append(t)
     return found
 
 

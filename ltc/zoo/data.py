@@ -4,6 +4,8 @@
 Recognition of Handwritten Digits" data set (CC BY 4.0) as distributed by scikit-learn
 (BSD-3): ``images`` uint8 ``[1797, 8, 8]`` with values 0..16 and ``labels`` int64 ``[1797]``
 (see ``data/README.md``).  Nothing is downloaded and scikit-learn is not needed at run time.
+The file is an :mod:`ltc.io` file of format :data:`DATA_FORMAT`, verified whole (its digest and
+the sha256 pinned in ``ltc/zoo/pinned.json``) every time it is read.
 
 Images given to the models are upsampled to 16x16 (bilinear, ``align_corners=False``) and
 scaled from [0, 16] to [-1, 1]:
@@ -20,23 +22,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..io import FileFormat, read_checked
+
 DATA_PATH = Path(__file__).parent / "data" / "digits.safetensors"
 NUM_IMAGES = 1797
 NUM_TRAIN = 1500
 NUM_CLASSES = 10
 IMAGE_SIZE = 16
 SPLITS = ("train", "heldout", "all")
+DATA_FORMAT = FileFormat("ltc-zoo-data", 2, tensors=("images", "labels"),
+                         metadata=("source", "licence", "layout", "split"),
+                         regenerate="Reinstall ltc (developers: python -m ltc.zoo.train export-data).")
 
 
 def _read() -> dict:
-    from safetensors.torch import load_file
-
     if not DATA_PATH.is_file():
         raise FileNotFoundError(f"the zoo data file is missing: {DATA_PATH} (reinstall the package)")
-    tensors = load_file(str(DATA_PATH))
-    images, labels = tensors.get("images"), tensors.get("labels")
-    if images is None or labels is None or images.shape != (NUM_IMAGES, 8, 8) or labels.shape != (NUM_IMAGES,):
-        raise ValueError(f"{DATA_PATH} does not hold images [{NUM_IMAGES}, 8, 8] and labels [{NUM_IMAGES}]")
+    tensors, _ = read_checked(DATA_PATH, DATA_FORMAT)
+    images, labels = tensors["images"], tensors["labels"]
+    if (images.shape != (NUM_IMAGES, 8, 8) or images.dtype != torch.uint8 or labels.shape != (NUM_IMAGES,)
+            or labels.dtype != torch.int64):
+        raise ValueError(f"{DATA_PATH} does not hold images uint8 [{NUM_IMAGES}, 8, 8] and labels int64 [{NUM_IMAGES}]")
     return {"images": images, "labels": labels}
 
 

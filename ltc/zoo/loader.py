@@ -1,7 +1,11 @@
 """Loading the zoo's weight files: every file is checked when loaded.
 
-It must exist, be a readable safetensors file whose tensor digest matches its metadata, and hold
-exactly the tensors (names, shapes, float dtypes) of the architecture recorded in its metadata.
+A weight file is an :mod:`ltc.io` file of format :data:`WEIGHTS_FORMAT` (``ltc-zoo-weights``,
+version 2): it must exist, be one complete safetensors file whose ``content_sha256`` matches its
+tensors *and* metadata, the shipped ones must also match their whole-file sha256 pinned in
+``ltc/zoo/pinned.json``, and it must hold exactly the tensors (names, shapes, float dtypes,
+finite values) of the architecture recorded in its metadata.  Version-1 files (``ltc_zoo_format``
+= 1, a digest of the tensors only) are refused with a message saying how to regenerate them.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import read_weights
+from ..io import FileFormat, read_checked
 from ..models import Model
 from ..schedule import Schedule
 from .nets import build
@@ -18,8 +22,14 @@ from .nets import build
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CALIBRATIONS_DIR = Path(__file__).parent / "calibrations"  # the demo's LTC calibrations
 CLASSIFIER = "classifier"
-REQUIRED = {"denoiser": ("ltc_zoo_format", "kind", "architecture", "schedule", "prediction", "null_class"),
-            "classifier": ("ltc_zoo_format", "kind", "architecture")}
+REQUIRED = {"denoiser": ("kind", "architecture", "schedule", "prediction", "null_class"),
+            "classifier": ("kind", "architecture")}
+WEIGHTS_FORMAT = FileFormat(
+    "ltc-zoo-weights", 2, metadata=("kind", "architecture"), extra_metadata=True, legacy_version_key="ltc_zoo_format",
+    regenerate="Regenerate it: retrain (python -m ltc.zoo.train), or re-save its tensors and metadata (without "
+               "'ltc_zoo_format' and 'tensors_sha256') with ltc.io.write_checked(path, tensors, metadata, "
+               "ltc.zoo.loader.WEIGHTS_FORMAT).")
+
 
 def _available(directory: Path) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.safetensors"))
@@ -37,7 +47,7 @@ def _path(name, directory) -> Path:
 
 def _read_checked(name: str, directory=None) -> tuple[torch.nn.Module, dict, Path]:
     path = _path(name, directory)
-    tensors, meta = read_weights(path)
+    tensors, meta = read_checked(path, WEIGHTS_FORMAT)
     kind = meta.get("kind")
     if kind not in REQUIRED:
         raise ValueError(f"{path} metadata 'kind' must be one of {tuple(REQUIRED)}, got {kind!r}")
@@ -61,6 +71,8 @@ def _read_checked(name: str, directory=None) -> tuple[torch.nn.Module, dict, Pat
                              f"the architecture expects {tuple(expected[key].shape)}")
         if not value.is_floating_point():
             raise ValueError(f"{path} tensor {key!r} has dtype {value.dtype}, expected a float dtype")
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{path} tensor {key!r} holds NaN or Inf values")
     net.load_state_dict({k: v.to(torch.float32) for k, v in tensors.items()})
     return net.eval().requires_grad_(False), meta, path
 
@@ -79,15 +91,9 @@ def names(kind: str = "denoiser", directory=None) -> list[str]:
 
 
 def info(name: str, directory=None) -> dict:
-    """The metadata of a weight file (strings; JSON fields decoded), without loading tensors."""
-    from safetensors import safe_open
-
+    """The metadata of a weight file (strings; JSON fields decoded), after verifying the whole file."""
     path = _path(name, directory)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable safetensors file (corrupted or truncated?): {err}") from err
+    _, meta = read_checked(path, WEIGHTS_FORMAT)
     for key in ("architecture", "schedule"):
         if key in meta:
             try:

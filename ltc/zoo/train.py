@@ -3,6 +3,7 @@
     python -m ltc.zoo.train denoiser --name unet_small --channels 16 --steps 2500
     python -m ltc.zoo.train classifier --steps 1500
     python -m ltc.zoo.train export-data            # dev only: needs scikit-learn
+    python -m ltc.zoo.train pin                    # dev only: re-pin the shipped files (ltc/zoo/pinned.json)
 
 Denoisers learn eps prediction on the training split of :mod:`.data` with the DDPM objective
 
@@ -13,7 +14,9 @@ T = 1000), y' = y with probability 0.9 and the null class otherwise (for classif
 guidance).  AdamW with linear warm-up and cosine decay; the saved weights are an exponential
 moving average.  Each run writes ``weights/<name>.safetensors`` (metadata: architecture, schedule,
 prediction, null class, MACs, command, data digest, wall time) and adds its loss curve to
-``bench/results/zoo_training.json``.
+``bench/results/zoo_training.json``.  Files are written by :func:`ltc.io.write_checked` (formats
+:data:`ltc.zoo.loader.WEIGHTS_FORMAT`, :data:`ltc.zoo.data.DATA_FORMAT`); a file written into the
+package's folders is refused by the loaders until ``python -m ltc.zoo.train pin`` pins it.
 """
 from __future__ import annotations
 
@@ -32,11 +35,11 @@ import torch.nn.functional as F
 from ..schedule import Schedule
 from . import data as D
 from .nets import NULL_CLASS, Classifier, UNet, count_macs
-from ..io import save_weights
+from ..io import pin_shipped_files, write_checked
+from .loader import WEIGHTS_FORMAT
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "zoo_training.json"
-FORMAT_VERSION = "1"
 # DDPM betas 1e-4..0.02, T = 1000; the spacing is only recorded (for sampling with ltc.zoo.schedule)
 SCHEDULE = Schedule.vp("linear", spacing="trailing")
 
@@ -55,8 +58,11 @@ def _ema_update(ema, net, step: int, decay: float) -> None:
 
 
 def _save(net, name: str, metadata: dict, out_dir: Path) -> Path:
+    """Write ``out_dir/<name>.safetensors`` (float32 tensors; metadata values stringified)."""
     tensors = {k: v.detach().to(torch.float32) for k, v in net.state_dict().items()}
-    return save_weights(Path(out_dir) / f"{name}.safetensors", tensors, metadata)
+    path = Path(out_dir) / f"{name}.safetensors"
+    write_checked(path, tensors, {k: str(v) for k, v in metadata.items()}, WEIGHTS_FORMAT)
+    return path
 
 
 def _record(name: str, entry: dict) -> None:
@@ -105,7 +111,7 @@ def train_denoiser(args) -> None:
             running = 0.0
     wall = time.perf_counter() - start
     macs = count_macs(ema, torch.zeros(1, 1, 16, 16), torch.zeros(1), y=torch.zeros(1, dtype=torch.long))
-    meta = {"ltc_zoo_format": FORMAT_VERSION, "kind": "denoiser", "name": args.name,
+    meta = {"kind": "denoiser", "name": args.name,
             "architecture": json.dumps(ema.config), "schedule": json.dumps(SCHEDULE.config()),
             "prediction": "eps", "null_class": NULL_CLASS, "macs_per_sample": macs,
             "flops_per_sample": 2 * macs, "training_command": _command(),
@@ -116,7 +122,8 @@ def train_denoiser(args) -> None:
     _record(args.name, {"command": _command(), "wall_time_s": wall, "macs_per_sample": macs,
                         "params": sum(p.numel() for p in ema.parameters()), "threads": torch.get_num_threads(),
                         "loss_curve": {"columns": ["step", "mean_loss", "elapsed_s"], "rows": curve}})
-    print(f"saved {path} ({wall:.0f}s, {macs / 1e6:.1f}M MACs/sample)")
+    print(f"saved {path} ({wall:.0f}s, {macs / 1e6:.1f}M MACs/sample); in the package folder, pin it: "
+          "python -m ltc.zoo.train pin")
 
 
 def _shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
@@ -156,7 +163,7 @@ def train_classifier(args) -> None:
     with torch.no_grad():
         acc = float((net(x_held).argmax(1) == y_held).float().mean())
     macs = count_macs(net, torch.zeros(1, 1, 16, 16))
-    meta = {"ltc_zoo_format": FORMAT_VERSION, "kind": "classifier", "name": args.name,
+    meta = {"kind": "classifier", "name": args.name,
             "architecture": json.dumps(net.config), "macs_per_sample": macs,
             "training_command": _command(), "train_steps": args.steps, "wall_time_s": round(wall, 1),
             "heldout_accuracy": round(acc, 4), "data_digest": D.data_digest(),
@@ -165,13 +172,13 @@ def train_classifier(args) -> None:
     _record(args.name, {"command": _command(), "wall_time_s": wall, "heldout_accuracy": acc,
                         "macs_per_sample": macs, "threads": torch.get_num_threads(),
                         "loss_curve": {"columns": ["step", "mean_loss", "elapsed_s"], "rows": curve}})
-    print(f"saved {path} ({wall:.0f}s, held-out accuracy {acc:.4f})")
+    print(f"saved {path} ({wall:.0f}s, held-out accuracy {acc:.4f}); in the package folder, pin it: "
+          "python -m ltc.zoo.train pin")
 
 
 def export_data(args) -> None:
     """Development only: write data/digits.safetensors from scikit-learn's copy of the data."""
     import numpy as np
-    from safetensors.torch import save_file
     from sklearn import __version__ as sk_version
     from sklearn.datasets import load_digits
 
@@ -185,9 +192,9 @@ def export_data(args) -> None:
                        "distributed by scikit-learn (BSD-3-Clause)",
             "layout": "images uint8 [1797, 8, 8] values 0..16; labels int64 [1797]",
             "split": "train = rows 0..1499, held-out = rows 1500..1796"}
-    save_file({"images": images.contiguous(), "labels": torch.from_numpy(d.target.astype(np.int64))},
-              str(D.DATA_PATH), metadata=meta)
-    print(f"wrote {D.DATA_PATH}")
+    write_checked(D.DATA_PATH, {"images": images.contiguous(), "labels": torch.from_numpy(d.target.astype(np.int64))},
+                  meta, D.DATA_FORMAT)
+    print(f"wrote {D.DATA_PATH}; pin it: python -m ltc.zoo.train pin")
 
 
 def main(argv=None) -> None:
@@ -217,9 +224,14 @@ def main(argv=None) -> None:
         p.add_argument("--log-every", type=int, default=50)
         p.add_argument("--out", default=str(WEIGHTS_DIR))
     sub.add_parser("export-data", help="dev only: export the digits from scikit-learn")
+    sub.add_parser("pin", help="dev only: verify the shipped files and pin their sha256 in ltc/zoo/pinned.json")
     args = parser.parse_args(argv)
     if args.what == "export-data":
         return export_data(args)
+    if args.what == "pin":
+        for name, digest in pin_shipped_files().items():
+            print(f"{digest}  {name}")
+        return None
     torch.set_num_threads(args.threads)
     (train_denoiser if args.what == "denoiser" else train_classifier)(args)
 
