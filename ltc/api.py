@@ -14,13 +14,13 @@ import torch
 
 from . import ops
 from .executor import graph as graph_executor
-from .executor.walk import check_finite_mode
+from .executor.walk import check_conditioning, check_finite_mode, check_model_kwargs
 from .models import as_models
 from .ops.contract import FLOAT_DTYPES
 from .plan import Plan, compile_plan, fingerprint_of
 from .policies import Full, Policy
 from .samplers import Sampler, get_sampler
-from .schedule import Schedule
+from .schedule import Schedule, check_bool, is_number
 
 
 @dataclass
@@ -76,11 +76,19 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
         noise: the initial state ``[B, *S]`` (used as is, as in diffusers); or ``shape`` with
             ``generator`` to draw it.
         model_kwargs: passed to every model call (under guidance: for the doubled batch,
-            unconditional half first).
+            unconditional half first; B-row tensors are refused unless the model declares them
+            in ``half_batch_kwargs``, see :func:`ltc.models.half_batch_kwargs`).
         guidance_scale: classifier-free guidance: the model is called once on ``[x; x]`` and
             ``m = m_u + g (m_c - m_u)`` is fused into the step.
         prediction: the prediction type of callables that do not declare one.
-        progress: tqdm progress bar.  ``callback(dict)`` is called after every step (eager only).
+        progress: tqdm progress bar.
+        callback: ``callback(info)`` after every step, eager only (with a callback ``graph="auto"``
+            samples eagerly and ``graph=True`` is an error).  ``info`` holds copies of the new
+            state ``x`` and the step's clean estimate ``denoised``, and ``step``, ``steps``, ``t``,
+            ``sigma``, ``sigma_next``, ``model``.  It steers by what it returns: ``None`` (go on),
+            a tensor (the state to continue from, same shape/dtype/device) or a dict
+            ``{"x": tensor, "stop": True}`` (either key; ``stop`` ends sampling after this step and
+            returns that state).  See :mod:`ltc.executor.eager`.
         return_info: also return a :class:`SampleInfo` (NFE per model, the plan, backend).
         backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: ``"step"``, ``"end"``,
             ``"off"`` or ``"auto"`` (step on CPU, end on CUDA).
@@ -95,15 +103,22 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
     """
     models = as_models(model_fns, prediction)
     policy, solver, guidance_scale = sampling_arguments(schedule, policy, sampler, guidance_scale)
-    if model_kwargs is not None and not isinstance(model_kwargs, dict):
-        raise TypeError(f"model_kwargs must be a dict or None, got {type(model_kwargs).__name__}")
+    check_model_kwargs(model_kwargs)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (it gets a dict after every step) or None, got {callback!r}")
+    check_bool("progress", progress)
+    check_bool("return_info", return_info)
     check_finite_mode(check_finite, "cpu")  # validated here, resolved for the device by the walk
     check_generator(generator, solver)
     plan = _cached_plan(schedule, steps, solver, policy, tuple(m.prediction for m in models), guidance_scale)
     grid = plan.grid
     x_init = initial_state(noise, shape, generator, dtype, device)
+    check_before_calls(plan, models, x_init, model_kwargs)
     backend_name, backend_ops = ops.resolve(backend, x_init.device)
     graph_executor.check_option(graph, x_init.device, callback, check_finite)
+    check_sampling = getattr(policy, "check_sampling", None)  # e.g. a calibrated LTC: fitted on this run?
+    if check_sampling is not None:
+        check_sampling(plan, x_init, models)
     check_models = getattr(policy, "check_models", None)  # e.g. TStitch: models agree, before sampling
     if check_models is not None:
         check_models(models, x_init, float(grid.t[0]), model_kwargs, cfg=plan.cfg)
@@ -127,17 +142,29 @@ def sampling_arguments(schedule, policy, sampler, guidance_scale) -> tuple[Polic
     :class:`~ltc.policies.Full`, a sampler name becomes a :class:`~ltc.samplers.Sampler`, the
     guidance scale a float (or None)."""
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be an ltc.Schedule (e.g. Schedule.vp(...)), got {type(schedule).__name__}")
+        hint = ("; for a diffusers scheduler use ltc.adapters.diffusers.schedule_from_diffusers(scheduler, steps) "
+                "(and sampler_from_diffusers)" if hasattr(schedule, "set_timesteps") else "")
+        raise TypeError(f"schedule must be an ltc.Schedule (e.g. Schedule.vp(...)), got "
+                        f"{type(schedule).__name__}{hint}")
     policy = Full() if policy is None else policy
     if not isinstance(policy, Policy):
-        raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}")
+        hint = f"; pass an instance, e.g. {policy.__name__}(...)" if isinstance(policy, type) else ""
+        raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}{hint}")
     solver = get_sampler(sampler)
     if guidance_scale is not None:
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-                or not math.isfinite(guidance_scale):
+        if not is_number(guidance_scale) or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number or None, got {guidance_scale!r}")
         guidance_scale = float(guidance_scale)
     return policy, solver, guidance_scale
+
+
+def check_before_calls(plan: Plan, models, x: torch.Tensor, model_kwargs) -> None:
+    """What can be refused before the first model call of ``plan`` from ``x`` ``[B, *S]``: the plan's
+    tables in the walk's compute dtype (:meth:`Plan.coefficients`), and under classifier-free
+    guidance conditioning for B rows where the model gets 2B (see :func:`ltc.models.half_batch_kwargs`)."""
+    plan.coefficients(x.dtype, x.device)
+    plan.timesteps(x.dtype, x.device)
+    check_conditioning(models, model_kwargs, x.shape[0], plan.cfg)
 
 
 def check_generator(generator, solver: Sampler) -> None:
@@ -154,6 +181,9 @@ def check_noise(noise) -> None:
         raise TypeError(f"noise must be a torch.Tensor [B, *S], got {type(noise).__name__}")
     if noise.dtype not in FLOAT_DTYPES:
         raise TypeError(f"noise must have a floating dtype in {FLOAT_DTYPES}, got {noise.dtype}")
+    if noise.device.type == "meta":
+        raise ValueError("noise is a meta tensor (a shape without data): sampling needs real values; create it "
+                         "on a real device (e.g. torch.randn(shape, device='cpu'))")
     if noise.dim() < 2:
         raise ValueError(f"noise must be [B, *S] with at least 2 dims, got shape {tuple(noise.shape)}")
     if not bool(torch.isfinite(noise).all()):
@@ -183,6 +213,12 @@ def initial_state(noise, shape, generator, dtype, device):
             and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
         raise ValueError(f"shape must be a tuple of >= 2 positive ints [B, *S], got {shape!r}")
     dtype = dtype or torch.float32
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    try:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch.device or a string such as 'cpu' or 'cuda:0', "
+                         f"got {device!r}") from None
+    if device.type == "meta":
+        raise ValueError("device='meta' holds no data: sampling needs real values; use a real device")
     gen_device = generator.device if generator is not None else device
     return torch.randn(tuple(shape), generator=generator, device=gen_device, dtype=dtype).to(device)

@@ -6,6 +6,11 @@
 from a :class:`Model` wrapper, a ``prediction`` attribute of the callable, or the ``prediction``
 argument of :func:`ltc.sample`.
 
+``x`` and ``t`` are ltc's own buffers (the sampling state, the plan's times): a model must not
+write them in place (refused at the step it does, see :mod:`ltc.executor.walk`).  Under guidance
+every batched tensor of ``model_kwargs`` has the 2B rows of ``x``; a model that builds the
+unconditional half itself from B rows declares those keywords (:func:`half_batch_kwargs`).
+
 Prediction types, and every conversion between them (the only place they are defined).  With ``x = alpha * x0 + sigma * eps``:
 
 * ``eps``  -- the noise:             x0 = (x - sigma * m) / alpha
@@ -19,6 +24,7 @@ diffusers' names (``epsilon``, ``sample``, ``v_prediction``) are accepted as doc
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 
 import torch
@@ -85,6 +91,8 @@ class Model:
     def __init__(self, fn: Callable, prediction: str, name: str | None = None):
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string or None, got {type(name).__name__}")
         self.fn = fn
         self.prediction = canonical(prediction)
         self.name = name or default_name(fn)
@@ -134,20 +142,71 @@ def as_models(model_fns, prediction: str | None = None) -> list[Model]:
             models.append(Model(fn, chosen, default_name(fn)))
     names = [m.name for m in models]
     for k, m in enumerate(models):
-        if names.count(m.name) > 1:
-            m.name = f"{m.name}[{k}]"
+        if names.count(m.name) > 1:  # a renamed copy: the caller's Model keeps its name
+            models[k] = copy.copy(m)
+            models[k].name = f"{m.name}[{k}]"
     return models
+
+
+INPLACE_FIX = ("ltc passes its own buffers (the sampling state and the plan's times) to the model, so a write "
+               "into them would change the samples: copy before modifying (x = x.clone()) or use "
+               "out-of-place operations")
+
+
+def half_batch_kwargs(model) -> frozenset:
+    """Names of ``model_kwargs`` the model accepts with ``B`` rows under classifier-free guidance,
+    where every other batched tensor must have the ``2B`` rows of the doubled input.  A model that
+    builds the unconditional half itself (the zoo and reference nets: B labels for the conditional
+    half, the null class for the other) declares them as a ``half_batch_kwargs`` attribute, on the
+    callable or on what it wraps (attributes ``fn``, ``net``, ``model``, ``module``, ``__wrapped__``,
+    up to six levels deep)."""
+    seen, todo = set(), [model]
+    for _ in range(7):
+        found, nxt = None, []
+        for obj in todo:
+            if obj is None or id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            names = getattr(obj, "half_batch_kwargs", None)
+            if names is not None:
+                found = frozenset(names)
+                break
+            nxt += [getattr(obj, a, None) for a in ("fn", "net", "model", "module", "__wrapped__")]
+        if found is not None:
+            return found
+        todo = nxt
+    return frozenset()
+
+
+def output_hint(out) -> str:
+    """A sentence for a model output that is not a tensor but holds one (diffusers' outputs)."""
+    if isinstance(getattr(out, "sample", None), torch.Tensor):
+        return (f": {type(out).__name__} looks like a diffusers model output; wrap the network with "
+                "ltc.adapters.diffusers.model_fn_from_unet(unet, prediction=...) or model_fn_from_transformer"
+                "(transformer, prediction=...), or return its .sample")
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return f": return out[0] (a model called with return_dict=False returns a {type(out).__name__})"
+    return ""
 
 
 def check_output(out, expected: torch.Tensor, step: int, model: Model) -> None:
     """Shape/dtype/device checks of one model output (host metadata only: no device sync)."""
     where = f"model {model.name!r} at step {step}"
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{where} returned {type(out).__name__}, expected a torch.Tensor")
+        raise TypeError(f"{where} returned {type(out).__name__}, expected a torch.Tensor" + output_hint(out))
     if out.shape != expected.shape:
-        raise ValueError(f"{where} returned shape {tuple(out.shape)}, expected {tuple(expected.shape)} "
-                         "(the shape of its input x)")
+        shape, want = tuple(out.shape), tuple(expected.shape)
+        hint = ""
+        if len(shape) == len(want) >= 2 and shape[0] == want[0] and shape[2:] == want[2:] and shape[1] == 2 * want[1]:
+            hint = (f"; it returns 2C = {shape[1]} channels where C = {want[1]} were expected, as a model with "
+                    f"learned variance does (e.g. DiT): keep out[:, :{want[1]}] (model_fn_from_transformer(..., "
+                    "learned_variance=True) does)")
+        if len(shape) == len(want) and 2 * shape[0] == want[0] and shape[1:] == want[1:]:
+            hint = (f"; under classifier-free guidance the model gets [x; x] ({want[0]} rows, unconditional half "
+                    "first) and returns an output for every row")
+        raise ValueError(f"{where} returned shape {shape}, expected {want} (the shape of its input x){hint}")
     if out.dtype != expected.dtype:
-        raise ValueError(f"{where} returned dtype {out.dtype}, expected {expected.dtype} (the dtype of x)")
+        raise ValueError(f"{where} returned dtype {out.dtype}, expected {expected.dtype} (the dtype of x): "
+                         f"return out.to(x.dtype)")
     if out.device != expected.device:
         raise ValueError(f"{where} returned a tensor on {out.device}, expected {expected.device}")

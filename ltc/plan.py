@@ -82,10 +82,15 @@ class Plan:
         return [sum(m == k for m in self.models) for k in range(len(self.predictions))]
 
     def coefficients(self, storage_dtype: torch.dtype, device) -> torch.Tensor:
-        """The ``[N, NCOLS]`` table on ``device`` in the compute dtype of ``storage_dtype`` (cached)."""
+        """The ``[N, NCOLS]`` table on ``device`` in the compute dtype of ``storage_dtype`` (cached).
+        Raises ValueError naming the column, the step and the cause when a coefficient is not finite
+        in that dtype (e.g. ``guidance_scale=1e39`` in a float32 table)."""
         dtype = compute_dtype(storage_dtype)
         key = ("coef", dtype, str(device))
         if key not in self._device_cache:
+            bad = _first_overflow(self.table, dtype)
+            if bad is not None:
+                raise ValueError(self._overflow_message(*bad, dtype))
             self._device_cache[key] = torch.tensor(self.table, dtype=dtype, device=device)
         return self._device_cache[key]
 
@@ -94,13 +99,58 @@ class Plan:
         dtype = compute_dtype(storage_dtype)
         key = ("t", dtype, str(device))
         if key not in self._device_cache:
+            bad = _first_overflow(self.grid.t[:-1, None], dtype)
+            if bad is not None:
+                raise ValueError(f"the model time t = {float(self.grid.t[bad[0]])!r} of step {bad[0]} does not fit "
+                                 f"in {dtype} (the dtype the model receives t in, for {storage_dtype} states): the "
+                                 "schedule's times are too large; rescale them (or sample in float64)")
             self._device_cache[key] = torch.tensor(self.grid.t[:-1], dtype=dtype, device=device)
         return self._device_cache[key]
 
+    def evict(self, table: torch.Tensor) -> None:
+        """Drop a cached device table (one a model wrote into: the next walk builds a clean copy)."""
+        for key in [k for k, v in self._device_cache.items() if v is table]:
+            del self._device_cache[key]
+
+    def _overflow_message(self, i: int, c: int, dtype: torch.dtype) -> str:
+        """Why coefficient ``Col(c)`` of step ``i`` does not fit in ``dtype``: the argument it comes from."""
+        col, value = Col(c), self.table[i, c]
+        where = (f"coefficient {col.name} = {value:.4g} of step {i} does not fit in {dtype} (largest "
+                 f"{torch.finfo(dtype).max:.4g}), the compute dtype of the walk")
+        if col == Col.GUIDANCE:
+            cause = f"guidance_scale={self.guidance_scale!r} is too large for {dtype}: lower it (or sample in float64)"
+        elif col in EXTRAPOLATION_COLS:
+            cause = (f"step {i} is extrapolated and its coefficients come from the policy's weights: an LTC weight "
+                     f"(given, or loaded from a calibration file) of extrapolated step {i} is too large; lower it "
+                     "(or sample in float64)")
+        else:
+            cause = (f"the schedule's noise levels at points {i}, {i + 1} (alpha = {self.grid.alpha[i]:.4g}, "
+                     f"{self.grid.alpha[i + 1]:.4g}; sigma = {self.grid.sigma[i]:.4g}, {self.grid.sigma[i + 1]:.4g}) "
+                     f"are too extreme for the {'prediction conversion' if col in (Col.PX, Col.PM) else 'sampler'} "
+                     f"in {dtype} (sample in float64)")
+        return f"plan {where}: {cause}"
+
     def describe(self) -> str:
-        kinds = "".join("x" if m == EXTRAPOLATE else str(m) for m in self.models)
-        return (f"Plan({self.sampler!r}, steps={self.steps}, nfe={self.nfe}, models={kinds}, "
-                f"cfg={self.cfg}, fingerprint={self.fingerprint[:12]})")
+        """One line: the sampler, steps, model calls (in total and per model index), which model
+        runs at each step (``k``: model k, ``x``: extrapolated, no call; space-separated beyond 10
+        models), the guidance scale and the fingerprint's first 12 hex digits.  Also the repr."""
+        sep = "" if len(self.predictions) <= 10 else " "
+        kinds = sep.join("x" if m == EXTRAPOLATE else str(m) for m in self.models)
+        per_model = "+".join(str(n) for n in self.nfe_per_model())
+        return (f"Plan({self.sampler!r}, steps={self.steps}, nfe={self.nfe} (per model {per_model}), "
+                f"step models {kinds} (k: model k, x: extrapolated), guidance_scale={self.guidance_scale}, "
+                f"fingerprint={self.fingerprint[:12]})")
+
+    def __repr__(self) -> str:  # the dataclass repr would print the whole grid and table
+        return self.describe()
+
+
+def _first_overflow(table: np.ndarray, dtype: torch.dtype) -> tuple[int, int] | None:
+    """``(row, column)`` of the first entry of the float64 ``table`` that is not finite in ``dtype``."""
+    if dtype == torch.float64:
+        return None
+    bad = torch.argwhere(~torch.isfinite(torch.tensor(table, dtype=dtype)))
+    return None if len(bad) == 0 else (int(bad[0][0]), int(bad[0][1]))
 
 
 def fingerprint_of(*parts) -> str:
@@ -111,6 +161,15 @@ def fingerprint_of(*parts) -> str:
 
 def compile_plan(grid: Grid, sampler: Sampler, policy, predictions, guidance_scale=None) -> Plan:
     """Compile ``grid x sampler x policy`` for models with the given prediction types."""
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid must be an ltc.Grid (schedule.discretize(steps)), got {type(grid).__name__}")
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"sampler must be an ltc.samplers.Sampler (e.g. get_sampler('dpmpp_2m')), got "
+                        f"{type(sampler).__name__}")
+    if not callable(getattr(policy, "decide", None)) or not callable(getattr(policy, "config", None)):
+        raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}")
+    if isinstance(predictions, str):
+        raise TypeError(f"predictions must be a sequence of prediction types, one per model, got {predictions!r}")
     N = grid.steps
     preds = tuple(canonical(p) for p in predictions)
     for p in preds:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .schedule import Grid
+from .schedule import Grid, check_bool, check_number, is_integer
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,7 @@ class DDIM(Sampler):
     name = "ddim"
 
     def __init__(self, eta: float = 0.0):
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-            raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-        self.eta = float(eta)
+        self.eta = check_number("eta", eta, 0.0, 1.0)
         self.stochastic = self.eta > 0
 
     def config(self) -> dict:
@@ -131,10 +129,10 @@ class DPMSolverPP(Sampler):
     """
 
     def __init__(self, order: int = 2, lower_order_final: bool = True):
-        if order not in (1, 2, 3):
-            raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-        self.order = order
-        self.lower_order_final = bool(lower_order_final)
+        if not is_integer(order) or order not in (1, 2, 3):
+            raise ValueError(f"order must be the int 1, 2 or 3, got {order!r}")
+        self.order = int(order)
+        self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.name = f"dpmpp_{order}m"
 
     def config(self) -> dict:
@@ -187,7 +185,11 @@ def get_sampler(sampler) -> Sampler:
     if isinstance(sampler, Sampler):
         return sampler
     if not isinstance(sampler, str):
-        raise TypeError(f"sampler must be a name in {SAMPLER_NAMES} or a Sampler, got {type(sampler).__name__}")
+        hint = f"; pass an instance, e.g. {sampler.__name__}()" if isinstance(sampler, type) else ""
+        if type(sampler).__module__.split(".")[0] == "diffusers" or hasattr(sampler, "set_timesteps"):
+            hint = ("; for a diffusers scheduler use ltc.adapters.diffusers.sampler_from_diffusers(scheduler, steps) "
+                    "as sampler= and schedule_from_diffusers(scheduler, steps) as the schedule")
+        raise TypeError(f"sampler must be a name in {SAMPLER_NAMES} or a Sampler, got {type(sampler).__name__}{hint}")
     if sampler == "ddim":
         return DDIM()
     if sampler == "euler":

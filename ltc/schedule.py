@@ -24,6 +24,7 @@ This module is the one place that defines alpha, sigma and lambda.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,7 +53,7 @@ class Grid:
 
     def __post_init__(self):
         for name in ("t", "alpha", "sigma"):
-            arr = np.asarray(getattr(self, name), dtype=np.float64)
+            arr = np.array(getattr(self, name), dtype=np.float64)  # a copy: the caller's arrays stay theirs
             object.__setattr__(self, name, arr)
             arr.setflags(write=False)
         n = self.alpha.shape
@@ -63,14 +64,31 @@ class Grid:
             )
         if self.family not in FAMILIES:
             raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
-        if not np.all(np.isfinite(self.alpha)) or not np.all(np.isfinite(self.sigma)):
-            raise ValueError("grid alpha and sigma must be finite")
-        if np.any(self.alpha[1:] <= 0) or self.alpha[0] < 0 or (self.alpha[0] == 0 and self.family != "flow"):
-            raise ValueError("grid alpha must be > 0 at every point (a flow grid may start at alpha = 0, sigma = 1)")
-        if np.any(self.sigma[:-1] <= 0) or self.sigma[-1] < 0:
-            raise ValueError("grid sigma must be > 0 at every point but the last, which may be 0")
-        if np.any(np.diff(self.sigma) >= 0):
-            raise ValueError("grid sigma must be strictly decreasing (noise must fall every step)")
+        for name in ("alpha", "sigma"):
+            bad = np.flatnonzero(~np.isfinite(getattr(self, name)))
+            if len(bad):
+                raise ValueError(f"grid {name} must be finite; {name}[{bad[0]}] = {getattr(self, name)[bad[0]]}")
+        bad = np.flatnonzero(~np.isfinite(self.t[:-1]))
+        if len(bad) or np.isnan(self.t[-1]):
+            k = int(bad[0]) if len(bad) else len(self.t) - 1
+            raise ValueError(f"grid t[{k}] = {self.t[k]} is not a model time: every point but the last is given "
+                             "to a model and must be finite; the last (never given to a model) may be +-inf, "
+                             "not NaN")
+        first = self.alpha[0] == 0 and self.family == "flow"
+        bad = np.flatnonzero(self.alpha[1:] <= 0) + 1 if first else np.flatnonzero(self.alpha <= 0)
+        if len(bad):
+            raise ValueError(f"grid alpha must be > 0 at every point (a flow grid may start at alpha = 0, sigma = 1); "
+                             f"alpha[{bad[0]}] = {self.alpha[bad[0]]}")
+        bad = np.flatnonzero(self.sigma[:-1] <= 0)
+        if len(bad) or self.sigma[-1] < 0:
+            k = int(bad[0]) if len(bad) else len(self.sigma) - 1
+            raise ValueError(f"grid sigma must be > 0 at every point but the last, which may be 0; "
+                             f"sigma[{k}] = {self.sigma[k]}")
+        bad = np.flatnonzero(np.diff(self.sigma) >= 0)
+        if len(bad):
+            k = int(bad[0])
+            raise ValueError(f"grid sigma must be strictly decreasing (noise must fall every step); "
+                             f"sigma[{k}] = {self.sigma[k]!r}, sigma[{k + 1}] = {self.sigma[k + 1]!r}")
 
     @property
     def steps(self) -> int:
@@ -136,6 +154,23 @@ class Schedule:
            beta_start: float | None = None, beta_end: float | None = None,
            num_train_timesteps: int = 1000, steps_offset: int = 0, karras: bool = False,
            final: str = "zero") -> "VPSchedule":
+        """A discrete variance-preserving schedule (DDPM, Stable Diffusion): alpha_t^2 =
+        prod_{s<=t} (1 - beta_s) over ``num_train_timesteps`` training steps, sigma_t^2 = 1 - alpha_t^2.
+
+        Args:
+            beta_schedule: ``"linear"`` (DDPM), ``"scaled_linear"`` (Stable Diffusion) or
+                ``"squaredcos_cap_v2"`` (cosine); see :func:`train_alphas_cumprod`.
+            spacing: how N sampling steps pick training timesteps: ``"leading"``, ``"trailing"``
+                or ``"linspace"`` (diffusers' definitions, :func:`timestep_spacing`).
+            beta_start, beta_end: the betas' end points (None: the schedule's defaults).
+            num_train_timesteps: T, the number of training steps.
+            steps_offset: added to ``leading`` timesteps (Stable Diffusion uses 1).
+            karras: Karras et al. sigmas (rho = 7) in k = sigma/alpha instead of ``spacing``.
+            final: the last point: ``"zero"`` (clean, sigma = 0) or ``"last"`` (the first training step).
+
+        Example: ``Schedule.vp("scaled_linear", spacing="leading", steps_offset=1)`` is Stable
+        Diffusion's; see :class:`VPSchedule`.
+        """
         return VPSchedule(beta_schedule, spacing=spacing, beta_start=beta_start, beta_end=beta_end,
                           num_train_timesteps=num_train_timesteps, steps_offset=steps_offset,
                           karras=karras, final=final)
@@ -143,20 +178,85 @@ class Schedule:
     @staticmethod
     def flow(shift: float = 1.0, *, num_train_timesteps: int = 1000,
              sigma_min: float | None = None) -> "FlowSchedule":
+        """A rectified-flow / flow-matching schedule: x_s = (1 - s) x0 + s eps, model time
+        ``t = s * num_train_timesteps`` (SD3, Flux; see :class:`FlowSchedule`).
+
+        Args:
+            shift: SD3's time shift, s' = shift s / (1 + (shift - 1) s) (1: none; SD3 uses 3.0).
+            num_train_timesteps: T, the scale of the model time.
+            sigma_min: the last noisy level before the clean end (None: 1 / T).
+        """
         return FlowSchedule(shift=shift, num_train_timesteps=num_train_timesteps, sigma_min=sigma_min)
 
     @staticmethod
     def log_snr(lambda_min: float = -6.0, lambda_max: float = 6.0, *, family: str = "vp",
                 final: str = "zero") -> "LogSNRSchedule":
+        """A continuous schedule uniform in lambda = log(alpha / sigma), model time ``t = lambda``
+        (see :class:`LogSNRSchedule`; used for convergence measurements and the oracles).
+
+        Args:
+            lambda_min, lambda_max: the noisiest and the cleanest point's lambda.
+            family: ``"vp"`` (alpha^2 + sigma^2 = 1) or ``"flow"`` (alpha = 1 - sigma).
+            final: ``"zero"`` (the N-th step goes to the clean end) or ``"keep"`` (N + 1 points,
+                ending at lambda_max).
+        """
         return LogSNRSchedule(lambda_min, lambda_max, family=family, final=final)
 
     @staticmethod
     def explicit(t, alpha, sigma, *, family: str = "vp") -> "ExplicitSchedule":
+        """A schedule of given points: ``t, alpha, sigma`` are N + 1 numbers each (model time,
+        signal and noise coefficient of x = alpha x0 + sigma eps; sigma strictly decreasing, the
+        last point never given to a model).  Sample it with ``steps=None`` (or ``steps=N``).
+
+        ``family``: ``"vp"`` or ``"flow"`` (what the ``v`` / ``flow`` predictions assume).  Used by
+        the adapters (:mod:`ltc.adapters.diffusers`, :mod:`ltc.adapters.kdiffusion`) to reproduce
+        another library's grid exactly; see :class:`ExplicitSchedule`.
+        """
         return ExplicitSchedule(t, alpha, sigma, family=family)
 
 
+def is_number(value) -> bool:
+    """A real number: a Python or numpy int or float (bools are not numbers here)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def is_integer(value) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float if it is a finite number in the interval; else an error naming ``name``,
+    the value and the interval (``low_open`` / ``high_open``: the bound itself is excluded)."""
+    lo = "(-inf" if low is None else f"{'(' if low_open else '['}{low}"
+    hi = "inf)" if high is None else f"{high}{')' if high_open else ']'}"
+    expected = "a finite number" + ("" if low is None and high is None else f" in {lo}, {hi}")
+    if not is_number(value):
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low))) \
+            or (high is not None and (v > high or (high_open and v == high))):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return v
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is a bool (Python or numpy); a string such as ``"no"`` is not."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def _check_train_steps(value) -> int:
+    if not is_integer(value) or value < 2:
+        raise ValueError(f"num_train_timesteps must be an int >= 2 (the training steps of the model), "
+                         f"got {value!r}")
+    return int(value)
+
+
 def _check_steps(steps, maximum: int | None) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+    if not is_integer(steps):
         raise TypeError(f"steps must be an int, got {type(steps).__name__}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -166,8 +266,13 @@ def _check_steps(steps, maximum: int | None) -> int:
 
 
 def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_time(t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a torch.Tensor of model times, got {type(t).__name__}")
 
 
 def _interp(x: torch.Tensor, xp: np.ndarray, fp: np.ndarray) -> torch.Tensor:
@@ -191,12 +296,11 @@ def train_alphas_cumprod(beta_schedule: str, num_train_timesteps: int = 1000,
     beta_t = min(1 - alpha_bar((t+1)/T) / alpha_bar(t/T), 0.999).
     """
     _check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-    T = num_train_timesteps
+    T = _check_train_steps(num_train_timesteps)
+    b0, b1 = _check_betas(beta_schedule, beta_start, beta_end)
     if beta_schedule == "linear":
-        b0, b1 = beta_start or 1e-4, beta_end or 0.02
         betas = np.linspace(b0, b1, T, dtype=np.float64)
     elif beta_schedule == "scaled_linear":
-        b0, b1 = beta_start or 0.00085, beta_end or 0.012
         betas = np.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=np.float64) ** 2
     else:
         def abar(s):
@@ -205,11 +309,29 @@ def train_alphas_cumprod(beta_schedule: str, num_train_timesteps: int = 1000,
     return np.cumprod(1.0 - betas)
 
 
+DEFAULT_BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
+
+
+def _check_betas(beta_schedule: str, beta_start, beta_end) -> tuple[float, float]:
+    """``(beta_start, beta_end)`` with the schedule's defaults for None; each in (0, 1).  The cosine
+    schedule has no such parameters, so giving one is refused rather than ignored."""
+    if beta_schedule not in DEFAULT_BETAS:
+        if beta_start is not None or beta_end is not None:
+            raise ValueError(f"beta_start and beta_end do not apply to beta_schedule={beta_schedule!r} (its betas "
+                             f"follow the cosine); leave them None, got {beta_start!r}, {beta_end!r}")
+        return math.nan, math.nan
+    defaults = DEFAULT_BETAS[beta_schedule]
+    return tuple(default if value is None else
+                 check_number(name, value, 0.0, 1.0, low_open=True, high_open=True)
+                 for name, value, default in zip(("beta_start", "beta_end"), (beta_start, beta_end), defaults))
+
+
 def timestep_spacing(spacing: str, steps: int, num_train_timesteps: int, steps_offset: int = 0) -> np.ndarray:
     """Decreasing integer model times for ``steps`` evaluations (diffusers' definitions).
 
     ``linspace``: round(linspace(0, T-1, N)) reversed; ``leading``: arange(N) * (T // N) reversed,
-    plus ``steps_offset``; ``trailing``: round(arange(T, 0, -T/N)) - 1.
+    plus ``steps_offset``; ``trailing``: the first N of round(arange(T, 0, -T/N)) - 1 (the float
+    arange holds N + 1 points for some N, e.g. 61 of T = 1000; its first N are diffusers' values).
     """
     _check_choice("spacing", spacing, SPACINGS)
     T, N = num_train_timesteps, steps
@@ -218,10 +340,12 @@ def timestep_spacing(spacing: str, steps: int, num_train_timesteps: int, steps_o
     elif spacing == "leading":
         ts = (np.arange(N) * (T // N)).round()[::-1] + steps_offset
     else:
-        ts = np.round(np.arange(T, 0, -T / N)) - 1
+        ts = np.round(np.arange(T, 0, -T / N))[:N] - 1
     ts = ts.astype(np.float64)
     if ts.max() > T - 1 or ts.min() < 0:
-        raise ValueError(f"spacing {spacing!r} with steps_offset={steps_offset} leaves [0, {T - 1}]")
+        raise ValueError(f"spacing {spacing!r} with steps_offset={steps_offset} puts the {N} steps at training "
+                         f"steps {ts.max():.0f}..{ts.min():.0f}, outside [0, {T - 1}]; use fewer steps "
+                         "or a smaller steps_offset")
     return ts
 
 
@@ -247,9 +371,30 @@ class VPSchedule(Schedule):
     family: str = field(default="vp", init=False)
 
     def __post_init__(self):
+        _check_choice("beta_schedule", self.beta_schedule, BETA_SCHEDULES)
         _check_choice("spacing", self.spacing, SPACINGS)
         _check_choice("final", self.final, ("zero", "last"))
-        _check_steps(self.num_train_timesteps, None)
+        T = _check_train_steps(self.num_train_timesteps)
+        _check_betas(self.beta_schedule, self.beta_start, self.beta_end)
+        karras = check_bool("karras", self.karras)
+        if not is_integer(self.steps_offset) or not 0 <= self.steps_offset < T:
+            raise ValueError(f"steps_offset must be an int in [0, {T - 1}] (added to the training steps of "
+                             f"spacing='leading'), got {self.steps_offset!r}")
+        if self.steps_offset and (self.spacing != "leading" or karras):
+            raise ValueError(f"steps_offset={self.steps_offset} only shifts spacing='leading' without Karras sigmas "
+                             f"(diffusers' convention), got spacing={self.spacing!r}, karras={karras}")
+        if self.final == "last" and (karras or self.spacing == "linspace" or
+                                     (self.spacing == "leading" and self.steps_offset == 0)):
+            why = "Karras sigmas end" if karras else f"spacing={self.spacing!r} ends"
+            raise ValueError(f"final='last' lands on training step 0, where {why} already: the last step would "
+                             "remove no noise; use final='zero'" +
+                             ("" if karras or self.spacing == "linspace" else " or steps_offset=1"))
+        for name in ("beta_start", "beta_end"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "num_train_timesteps", T)
+        object.__setattr__(self, "steps_offset", int(self.steps_offset))
+        object.__setattr__(self, "karras", karras)
         abar = train_alphas_cumprod(self.beta_schedule, self.num_train_timesteps,
                                     self.beta_start, self.beta_end)
         object.__setattr__(self, "_abar", abar)
@@ -281,6 +426,10 @@ class VPSchedule(Schedule):
             t = timestep_spacing(self.spacing, N, self.num_train_timesteps, self.steps_offset)
             abar = self._abar[t.astype(np.int64)]
             alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
+        if self.final == "last" and t[-1] == 0:
+            raise ValueError(f"final='last' lands on training step 0, where spacing={self.spacing!r} with "
+                             f"steps={N} ends already: the last step would remove no noise; use final='zero' "
+                             "or fewer steps")
         if self.final == "zero":
             t_end, a_end, s_end = -1.0, 1.0, 0.0
         else:
@@ -290,6 +439,7 @@ class VPSchedule(Schedule):
     def noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log k = log(sigma/alpha) interpolated linearly between integer training steps
         (exact at integers; the inverse of the Karras time lookup); t < 0 means the clean end."""
+        _check_time(t)
         log_k = _interp(t, np.arange(self.num_train_timesteps, dtype=np.float64), self._log_k)
         alpha = torch.rsqrt(1 + torch.exp(2 * log_k))
         sigma = alpha * torch.exp(log_k)
@@ -313,11 +463,26 @@ class FlowSchedule(Schedule):
     family: str = field(default="flow", init=False)
 
     def __post_init__(self):
-        if not (isinstance(self.shift, (int, float)) and self.shift > 0 and math.isfinite(self.shift)):
-            raise ValueError(f"shift must be a finite number > 0, got {self.shift!r}")
-        smin = self.sigma_min
-        if smin is not None and not (0 < smin < 1):
-            raise ValueError(f"sigma_min must be in (0, 1), got {smin!r}")
+        shift = check_number("shift", self.shift, 0.0, low_open=True)
+        T = _check_train_steps(self.num_train_timesteps)
+        if self.sigma_min is not None:
+            object.__setattr__(self, "sigma_min", check_number("sigma_min", self.sigma_min, 0.0, 1.0,
+                                                               low_open=True, high_open=True))
+        object.__setattr__(self, "shift", shift)
+        object.__setattr__(self, "num_train_timesteps", T)
+        s = self._sigmas(T)  # the finest grid: coarser ones (N <= T) are then valid too
+        if not (np.all(np.diff(s) < 0) and s[-1] > 0 and s[0] <= 1):
+            raise ValueError(f"shift={self.shift!r} (sigma_min={self.sigma_min}, num_train_timesteps={T}) gives "
+                             f"shifted sigmas in [{float(s[-1])!r}, {float(s[0])!r}] that do not decrease "
+                             f"strictly in float64 on a {T}-step grid; use a {'smaller' if shift > 1 else 'larger'} "
+                             "shift")
+
+    def _sigmas(self, N: int) -> np.ndarray:
+        """The N shifted sigmas of the model steps (before the clean end)."""
+        smin = self.sigma_min if self.sigma_min is not None else 1.0 / self.num_train_timesteps
+        s = np.linspace(1.0, smin, N)
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            return self.shift * s / (1 + (self.shift - 1) * s)
 
     def config(self) -> dict:
         return {"class": "flow", "shift": float(self.shift),
@@ -327,13 +492,11 @@ class FlowSchedule(Schedule):
         if steps is None:
             raise ValueError("steps is required for a flow schedule")
         N = _check_steps(steps, self.num_train_timesteps)
-        smin = self.sigma_min if self.sigma_min is not None else 1.0 / self.num_train_timesteps
-        s = np.linspace(1.0, smin, N)
-        s = self.shift * s / (1 + (self.shift - 1) * s)
-        s = np.append(s, 0.0)
+        s = np.append(self._sigmas(N), 0.0)
         return Grid(s * self.num_train_timesteps, 1 - s, s, "flow")
 
     def noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_time(t)
         dtype = t.dtype if t.is_floating_point() else torch.float64
         s = t.to(dtype) / self.num_train_timesteps
         return 1 - s, s
@@ -358,8 +521,21 @@ class LogSNRSchedule(Schedule):
     def __post_init__(self):
         _check_choice("family", self.family, FAMILIES)
         _check_choice("final", self.final, ("zero", "keep"))
-        if not self.lambda_min < self.lambda_max:
+        lo, hi = (check_number(name, getattr(self, name)) for name in ("lambda_min", "lambda_max"))
+        if not lo < hi:
             raise ValueError(f"lambda_min must be < lambda_max, got {self.lambda_min}, {self.lambda_max}")
+        object.__setattr__(self, "lambda_min", lo)
+        object.__setattr__(self, "lambda_max", hi)
+        with np.errstate(over="ignore", under="ignore"):
+            alpha, sigma = self._alpha_sigma(np.array([lo, hi]))
+        for k, name in enumerate(("lambda_min", "lambda_max")):
+            if not (alpha[k] > 0 and sigma[k] > 0):
+                raise ValueError(f"{name}={getattr(self, name)!r} gives alpha = {float(alpha[k])!r}, "
+                                 f"sigma = {float(sigma[k])!r} in float64 on a {self.family} schedule; both must "
+                                 f"be > 0: use a {'larger' if k == 0 else 'smaller'} {name}")
+        if not sigma[0] > sigma[1]:
+            raise ValueError(f"lambda_min={lo!r} and lambda_max={hi!r} give the same sigma in float64; "
+                             "widen the interval")
 
     def config(self) -> dict:
         return {"class": "log_snr", "lambda_min": float(self.lambda_min),
@@ -384,6 +560,7 @@ class LogSNRSchedule(Schedule):
         return Grid(np.append(lam, np.inf), np.append(alpha, 1.0), np.append(sigma, 0.0), self.family)
 
     def noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_time(t)
         lam = t.to(t.dtype if t.is_floating_point() else torch.float64)
         if self.family == "vp":
             return torch.sigmoid(2 * lam).sqrt(), torch.sigmoid(-2 * lam).sqrt()
@@ -398,8 +575,14 @@ class ExplicitSchedule(Schedule):
     """
 
     def __init__(self, t, alpha, sigma, *, family: str = "vp"):
-        self._grid = Grid(np.asarray(t, np.float64), np.asarray(alpha, np.float64),
-                          np.asarray(sigma, np.float64), family)
+        _check_choice("family", family, FAMILIES)
+        arrays = []
+        for name, values in (("t", t), ("alpha", alpha), ("sigma", sigma)):
+            try:
+                arrays.append(np.asarray(values, np.float64))
+            except (TypeError, ValueError):
+                raise TypeError(f"{name} must be a 1-D sequence of numbers, got {type(values).__name__}") from None
+        self._grid = Grid(*arrays, family)
         self.family = family
         ts = self._grid.t
         finite = np.isfinite(ts)
@@ -416,6 +599,7 @@ class ExplicitSchedule(Schedule):
         return self._grid
 
     def noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_time(t)
         g = self._grid
         finite = np.isfinite(g.t)
         ts, al, si = g.t[finite], g.alpha[finite], g.sigma[finite]

@@ -26,7 +26,10 @@ CUDA default; ``"off"``).  Nothing else copies a value to the host.
 Under classifier-free guidance (``guidance_scale``) :meth:`request` returns ``[x; x]`` and the
 caller returns the model output on the doubled batch, unconditional half first.  The stepper never
 sees the models, so checks that need them (T-Stitch's compatibility probe, which
-:func:`ltc.sample` runs) are the caller's: :func:`ltc.policies.check_compatible`.
+:func:`ltc.sample` runs) are the caller's: :func:`ltc.policies.check_compatible`; a calibrated
+LTC policy's guidance scale and sample shape are checked here against what the calibration was
+fitted on (:meth:`ltc.Calibration.check_models`), and its models too when ``predictions`` gives
+the models themselves rather than prediction-type strings.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from . import ops
 from .api import check_generator, check_noise, sampling_arguments
@@ -77,6 +81,14 @@ def _model_names(predictions, count: int) -> list[str]:
     return [f"model {k}" if isinstance(p, str) else default_name(p) for k, p in zip(range(count), items)]
 
 
+def _given_models(predictions, preds: list[str], names: list[str]) -> list[Model] | None:
+    """The models, when ``predictions`` gives a model or callable for every index (else None)."""
+    items = predictions if isinstance(predictions, Sequence) and not isinstance(predictions, str) else [predictions]
+    if any(isinstance(p, str) for p in items):
+        return None
+    return [p if isinstance(p, Model) else Model(p, pred, name) for p, pred, name in zip(items, preds, names)]
+
+
 class Stepper:
     """Walk a compiled plan one model call at a time, the caller making the calls.
 
@@ -91,6 +103,8 @@ class Stepper:
         guidance_scale: classifier-free guidance scale G (``m = m_u + G (m_c - m_u)``), or ``None``.
         generator: the generator of the per-step noise of stochastic samplers (required for them).
         backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: see the module docstring.
+        progress: a tqdm progress bar over the model calls, advanced by :meth:`step` and closed
+            when the walk is done (off by default: the loop, and its progress bar, are the caller's).
 
     Attributes: ``plan`` (the compiled :class:`ltc.Plan`), ``step_index`` (the next plan step),
     ``x`` (the current state), ``done``, ``backend``.
@@ -99,19 +113,26 @@ class Stepper:
     def __init__(self, schedule: Schedule, policy: Policy | None = None, *, sampler="dpmpp_2m",
                  steps: int | None = None, noise: torch.Tensor, predictions,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 backend: str | None = None, check_finite: str = "auto"):
+                 backend: str | None = None, check_finite: str = "auto", progress: bool = False):
         policy, solver, guidance_scale = sampling_arguments(schedule, policy, sampler, guidance_scale)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, got {progress!r}")
         preds = _prediction_names(predictions)
         check_noise(noise)
         check_finite = check_finite_mode(check_finite, noise.device)
         check_generator(generator, solver)
 
         self.plan: Plan = compile_plan(schedule.discretize(steps), solver, policy, preds, guidance_scale)
+        names = _model_names(predictions, len(preds))
+        check_sampling = getattr(policy, "check_sampling", None)  # a calibrated LTC: fitted on this run?
+        if check_sampling is not None:
+            check_sampling(self.plan, noise, _given_models(predictions, preds, names))
         self.backend, backend_ops = ops.resolve(backend, noise.device)
-        models = [Model(_no_call, p, n) for p, n in zip(preds, _model_names(predictions, len(preds)))]
+        models = [Model(_no_call, p, n) for p, n in zip(preds, names)]
         self._walk = Walk(self.plan, models, noise, ops=backend_ops, generator=generator, check_finite=check_finite)
         self._walk.load(noise)
         self._i = 0
+        self._bar = tqdm(total=self.plan.nfe, desc="ltc.Stepper", leave=False) if progress else None
 
     # -- state --------------------------------------------------------------------------------
     @property
@@ -153,6 +174,10 @@ class Stepper:
             self._advance(model_output)
             while not self.done and self.plan.models[self._i] == EXTRAPOLATE:
                 self._advance(None)
+        if self._bar is not None:
+            self._bar.update(1)
+            if self.done:
+                self._bar.close()
         return self._walk.finish() if self.done else self.x
 
     def _advance(self, model_output) -> None:

@@ -26,6 +26,7 @@ class TinyNet(torch.nn.Module):
     """Class-conditional toy denoiser: ``tanh(x W + 1e-3 t) + 0.1 E[y]`` (null class under CFG)."""
 
     prediction = "eps"
+    half_batch_kwargs = ("y",)  # B labels under guidance: the conditional half (ltc.models.half_batch_kwargs)
 
     def __init__(self, seed: int, dim: int = 8):
         super().__init__()

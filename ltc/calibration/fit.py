@@ -12,9 +12,15 @@ Passes, all on the calibration noises (model calls counted in ``Calibration.cost
    the calibration noises and on ``held_out`` noises when given, and the refusal rule
    (:mod:`ltc.calibration.report`).  A refused calibration is announced with a warning, and the
    summary names the better plain plan.
+
+The calibration records what it was fitted on (``Calibration.fitted_on``): the guidance scale, the
+sample shape ``[*S]`` and, for each model its plan calls, the name, the sha256 of the weights
+(:func:`ltc.io.model_fingerprint`, computed once per calibration on CPU copies; cached per module)
+and the user's ``model_tag``.  Sampling with the calibration checks them before the first model call.
 """
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -23,17 +29,20 @@ import torch
 
 from .. import ops
 from .._version import __version__
-from ..api import initial_state, sampling_arguments
+from ..api import check_noise, initial_state, sampling_arguments
+from ..io import model_fingerprint
 from ..models import as_models
 from ..plan import Plan, compile_plan
 from ..policies import LTC, Full
 from ..samplers import DPMSolverPP
 from ..schedule import Schedule
-from .file import Calibration
+from .file import Calibration, fitted_on_record
 from .report import decide, decision_line, row
 from .runs import Runner, evaluated_grid, teacher_grid
 from .trajectory import fit_trajectory
 from .walk import LTCWalk
+
+logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("step", "trajectory")
 TEACHERS = ("dpmpp_2m", "full")
@@ -59,6 +68,22 @@ def _check_held_out(held_out, noise):
     return held_out
 
 
+def _check_no_grad(**tensors) -> None:
+    """Calibration noises are finite (``held_out`` too: ltc.api.check_noise) and do not require grad:
+    the fit reads their values, it does not differentiate."""
+    for name, value in tensors.items():
+        if value is None:
+            continue
+        if name == "held_out":
+            try:
+                check_noise(value)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"held_out: {err}") from None
+        if value.requires_grad:
+            raise ValueError(f"{name} requires grad, but calibration does not differentiate through sampling: "
+                             f"pass {name}.detach()")
+
+
 def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampler="dpmpp_2m",
               steps: int | None = None, noise: torch.Tensor | None = None, shape=None,
               generator: torch.Generator | None = None, held_out: torch.Tensor | None = None,
@@ -66,7 +91,8 @@ def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampl
               clamp=(0.0, 10.0), ridge: float = 1e-2, max_iter: int = 3, fd_step: float | None = None,
               model_kwargs: dict | None = None, guidance_scale: float | None = None,
               prediction: str | None = None, dtype: torch.dtype | None = None, device=None,
-              backend: str | None = None, report: bool = True, verbose: bool = True) -> Calibration:
+              backend: str | None = None, report: bool = True, verbose: bool = True,
+              model_tag=None) -> Calibration:
     """Calibrate the weights of ``policy`` (default ``LTC()``) for ``model_fns`` on ``schedule``.
 
     Args:
@@ -80,7 +106,13 @@ def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampl
         teacher: ``"dpmpp_2m"`` (DPM-Solver++(2M), 2N steps on the same schedule), ``"full"``
             (the full-N run of ``sampler``) or an :class:`ltc.Plan` on the same models.
         clamp: bounds of the one-step weights (reference: [0, 10]).
-        report: run the comparison rows and the refusal rule; ``verbose``: print the summary.
+        report: run the comparison rows and the refusal rule; ``verbose``: log the summary (logger
+            ``ltc.calibration.fit``, level INFO: ``logging.basicConfig(level=logging.INFO)`` shows
+            it; or print ``cal.summary()``).
+        model_tag: a name for each model (one string, or one per model of ``model_fns``, None
+            for none), recorded with the weights' fingerprints; it identifies a callable that reads
+            no tensors (nothing to fingerprint): sampling with the calibration then needs a model of
+            that name (``ltc.Model(fn, prediction, name=tag)``), and without a tag only warns.
     """
     policy = LTC() if policy is None else policy
     if not isinstance(policy, LTC):
@@ -88,11 +120,11 @@ def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampl
     session = Session(model_fns, schedule, sampler=sampler, steps=steps, noise=noise, shape=shape,
                       generator=generator, held_out=held_out, held_out_kwargs=held_out_kwargs,
                       model_kwargs=model_kwargs, guidance_scale=guidance_scale, prediction=prediction,
-                      dtype=dtype, device=device, backend=backend)
+                      dtype=dtype, device=device, backend=backend, model_tag=model_tag)
     cal = session.calibrate(policy, objective=objective, teacher=teacher, clamp=clamp, ridge=ridge,
                             max_iter=max_iter, fd_step=fd_step, report=report)
     if verbose:
-        print(cal.summary())
+        logger.info("%s", cal.summary())
     if cal.accepted is False:
         warnings.warn(decision_line(cal.report["decision"]), stacklevel=2)
     return cal
@@ -105,13 +137,15 @@ class Session:
 
     def __init__(self, model_fns, schedule, *, sampler, steps, noise=None, shape=None, generator=None,
                  held_out=None, held_out_kwargs=None, model_kwargs=None, guidance_scale=None, prediction=None,
-                 dtype=None, device=None, backend=None):
+                 dtype=None, device=None, backend=None, model_tag=None):
         self.models = as_models(model_fns, prediction)
+        self.tags = _check_model_tag(model_tag, len(self.models))
         _, self.solver, self.guidance = sampling_arguments(schedule, None, sampler, guidance_scale)
         self.schedule = schedule
         self.grid = schedule.discretize(steps)
         self.x0 = initial_state(noise, shape, generator, dtype, device)
         self.held_out = _check_held_out(held_out, self.x0)
+        _check_no_grad(noise=self.x0, held_out=self.held_out)
         _, self.ops = ops.resolve(backend, self.x0.device)
         self.kwargs, self.held_kwargs = model_kwargs, held_out_kwargs
         self.runners = {"calibration": Runner(self.models, self.x0, ops=self.ops, model_kwargs=model_kwargs,
@@ -120,6 +154,13 @@ class Session:
             self.runners["held_out"] = Runner(self.models, self.held_out, ops=self.ops,
                                               model_kwargs=held_out_kwargs, guidance_scale=self.guidance)
         self.walk_calls = 0
+        self.fingerprints = [model_fingerprint(m.fn) for m in self.models]  # the weights, before any call
+
+    def fitted_on(self, plan: Plan) -> dict:
+        """What a calibration with ``plan`` is fitted on: the models it calls, guidance, sample shape."""
+        used = sorted({int(m) for m in plan.models if m >= 0})
+        return fitted_on_record([self.models[k] for k in used], [self.fingerprints[k] for k in used],
+                                [self.tags[k] for k in used], self.x0.shape[1:], self.guidance)
 
     @property
     def calls(self) -> int:
@@ -211,7 +252,7 @@ class Session:
                            gamma=policy.gammas(grid, skip), residual=residual, w_mean=np.nanmean(per_sample, 1),
                            w_std=np.nanstd(per_sample, 1), coherence=coherence, grid=grid, sampler=solver.config(),
                            structure=policy.structure(), key=policy.calibration_key(grid, solver), fit=fit_info,
-                           cost=cost, report=rep, version=__version__)
+                           cost=cost, report=rep, version=__version__, fitted_on=self.fitted_on(ltc_plan))
 
     def _report(self, policy, ltc_plan, full_plan, teacher_plan, teacher_name, walk, w, x_full, x_ltc, objective,
                 cost) -> dict:
@@ -261,6 +302,18 @@ class Session:
                         {"weights": [float(v) for v in w]}))
         rows.append(row("LTC w = 1", "ltc_w1", nfe, walk.run(runner.noise, ones).x, T, x_full))
         return rows
+
+
+def _check_model_tag(model_tag, count: int) -> list:
+    """One tag (a non-empty string or None) per model."""
+    if model_tag is None:
+        return [None] * count
+    tags = [model_tag] if isinstance(model_tag, str) else model_tag
+    if not (isinstance(tags, (list, tuple)) and len(tags) == count
+            and all(t is None or (isinstance(t, str) and t) for t in tags)):
+        raise ValueError(f"model_tag must be None, a non-empty string (one model) or a sequence of {count} such "
+                         f"(one per model), got {model_tag!r}")
+    return list(tags)
 
 
 def _check_teacher_plan(plan: Plan, grid, models) -> None:

@@ -7,17 +7,23 @@ A :class:`Walk` owns everything a step touches, allocated once for one shape, dt
     hist       [H, B, *S]   clean estimates; D_j in slot j % H (H = HISTORY_SLOTS)
     coefs      [N, NCOLS]   the plan's coefficient table, compute dtype (:func:`ltc.ops.contract.compute_dtype`)
     timesteps  [N]          the model time input of every step, compute dtype
-    step_ids   [N]          int64 step indices on the device (the value a finite record writes)
-    first_bad  0-d int64    first step whose model output was not finite (-1: none), ``check_finite="end"``
+    finite     [N, 2] bool  ``check_finite="end"``: per step, (model output | D_i of an extrapolated step)
+                            finite, and x_{i+1} finite
 
 and the step itself: the model input (``[x; x]`` under classifier-free guidance, times expanded to
-the batch), the model call, the output checks (shape, dtype, device; NaN/Inf per ``check_finite``)
-and :meth:`Walk.advance` (the step operation of the plan's row i).  The eager executor, the
-captured (graph) walk, :class:`ltc.Stepper` and the LTC calibration walk are all built on it.
+the batch), the model call, the output checks (shape, dtype, device; the model must not write its
+inputs, which are the walk's own buffers), :meth:`Walk.advance` (the step operation of the plan's
+row i) and the NaN/Inf checks per ``check_finite``.  The eager executor, the captured (graph)
+walk, :class:`ltc.Stepper` and the LTC calibration walk are all built on it.
 
-``check_finite``: ``"step"`` copies one flag to the host after every model call and raises at
-once; ``"end"`` records the first bad step on the device (no sync) and :meth:`Walk.finish`
-raises after the loop; ``"off"`` checks nothing.
+``check_finite`` covers every step, model step or extrapolated: what the step wrote (x_{i+1};
+for an extrapolated step also D_i) and, for a model step, the model output.  ``"step"`` copies
+one flag to the host after every step and raises at once; ``"end"`` records the flags on the
+device (no sync) and :meth:`Walk.finish` raises after the loop (one copy of ``finite``); ``"off"``
+checks nothing.  Since the noise and every earlier step were finite, the first bad step's own
+computation is the source, and the :class:`NonFiniteError` names it: the model (its output), the
+guidance combine, the solver update at the schedule's noise levels, or the extrapolation (an LTC
+weight) of that step.
 """
 from __future__ import annotations
 
@@ -25,15 +31,15 @@ from typing import NamedTuple
 
 import torch
 
-from ..models import Model, check_output
-from ..ops.contract import HISTORY_SLOTS
+from ..models import INPLACE_FIX, Model, check_output, half_batch_kwargs
+from ..ops.contract import HISTORY_SLOTS, Col, compute_dtype
 from ..plan import EXTRAPOLATE, Plan
 
 CHECK_FINITE = ("auto", "step", "end", "off")
 
 
 class NonFiniteError(ValueError):
-    """A model returned NaN or Inf."""
+    """A step produced NaN or Inf: a model's output, or the step operation (the message says which)."""
 
 
 class Expected(NamedTuple):
@@ -53,8 +59,98 @@ def check_finite_mode(check_finite: str, device: torch.device) -> str:
     return check_finite
 
 
-def nonfinite_error(model: Model, step: int) -> NonFiniteError:
-    return NonFiniteError(f"model {model.name!r} returned NaN or Inf at step {step}")
+def check_model_kwargs(model_kwargs) -> dict:
+    """``model_kwargs`` as a dict (``{}`` for None): keyword arguments, so a dict with string keys."""
+    if model_kwargs is None:
+        return {}
+    if not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict or None, got {type(model_kwargs).__name__}")
+    for key in model_kwargs:
+        if not isinstance(key, str):
+            raise TypeError(f"model_kwargs keys are keyword argument names, so strings; got {key!r} "
+                            f"({type(key).__name__})")
+    return model_kwargs
+
+
+def all_finite(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``isfinite(x).all()`` as a 0-d bool tensor (written into ``out`` if given), in three tensor
+    operations where ``torch.isfinite`` takes four before the reduction: ``x - x`` is exactly 0
+    where ``x`` is finite and NaN where it is NaN or +-Inf."""
+    return torch.all(torch.eq(x - x, 0), out=out) if out is not None else torch.eq(x - x, 0).all()
+
+
+def check_conditioning(models, model_kwargs, batch: int, cfg: bool) -> None:
+    """Under classifier-free guidance the model gets ``[x; x]`` (2B rows): a batched tensor in
+    ``model_kwargs`` (nested dicts, lists and tuples too) with the B rows of ``x`` is refused, unless
+    every model declares that keyword in ``half_batch_kwargs`` (:func:`ltc.models.half_batch_kwargs`)."""
+    if not cfg or not model_kwargs:
+        return
+    for key, value in model_kwargs.items():
+        rows = [v.shape[0] for v in _tensors(value) if v.ndim >= 1]
+        if batch in rows and not all(key in half_batch_kwargs(m) for m in models):
+            raise ValueError(
+                f"model_kwargs[{key!r}] has a tensor with {batch} rows, but under classifier-free guidance the model "
+                f"gets [x; x] ({2 * batch} rows, unconditional half first): pass model_kwargs for {2 * batch} rows, "
+                "e.g. torch.cat([uncond, cond])")
+
+
+def _tensors(value) -> list:
+    """The tensors in ``value``, looking into dicts, lists and tuples (e.g. diffusers' added_cond_kwargs)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def nonfinite_error(model: Model, step: int, plan: Plan | None = None) -> NonFiniteError:
+    """The model's output at ``step`` was not finite (its input was: every earlier step was checked)."""
+    note = ""
+    if plan is not None and step > 0 and plan.models[step - 1] == EXTRAPOLATE:
+        note = (f" (its input x came from extrapolated step {step - 1}: if the model handles ordinary inputs, "
+                f"check the LTC weight of step {step - 1})")
+    return NonFiniteError(f"model {model.name!r} returned NaN or Inf at step {step}{note}")
+
+
+def step_error(plan: Plan, models, step: int, dtype: torch.dtype, guidance: bool | None = None) -> NonFiniteError:
+    """Step ``step`` turned finite inputs (and a finite model output) into NaN or Inf in ``dtype``
+    storage: name the step's own source.  ``guidance``: whether the guidance combine itself was
+    found to overflow (None: not known, the ``"end"`` record)."""
+    row, g = plan.table[step], plan.grid
+    arith = compute_dtype(dtype)
+    where = f"{dtype} states, {arith} arithmetic"
+    if plan.models[step] == EXTRAPOLATE:
+        coefs = ", ".join(f"{c.name}={row[c]:.4g}" for c in (Col.EX, Col.EXP, Col.EH1, Col.EH2, Col.IN, Col.IC))
+        return NonFiniteError(
+            f"extrapolated step {step} (no model call) produced NaN or Inf from finite states ({where}): its "
+            f"coefficients ({coefs}) come from the policy's LTC weight of step {step} (given, or loaded from a "
+            "calibration file), which is too large; lower it, or extrapolate fewer steps")
+    name = models[plan.models[step]].name
+    levels = (f"alpha {g.alpha[step]:.4g} -> {g.alpha[step + 1]:.4g}, sigma {g.sigma[step]:.4g} -> "
+              f"{g.sigma[step + 1]:.4g}; PX={row[Col.PX]:.4g}, PM={row[Col.PM]:.4g}, A={row[Col.A]:.4g}, "
+              f"B0={row[Col.B0]:.4g}")
+    head = f"step {step}: model {name!r} returned finite values, but the step operation turned them into NaN or Inf"
+    update = f"the prediction conversion and {plan.sampler!r} update at the schedule's noise levels ({levels})"
+    if plan.cfg and guidance:
+        return NonFiniteError(
+            f"{head} ({where}): classifier-free guidance m_u + G (m_c - m_u) with guidance_scale="
+            f"{plan.guidance_scale!r} overflows (the step is finite with m_c alone); lower guidance_scale "
+            "(or sample in float64)")
+    if plan.cfg and guidance is None:
+        return NonFiniteError(
+            f"{head} ({where}): classifier-free guidance m_u + G (m_c - m_u) with guidance_scale="
+            f"{plan.guidance_scale!r}, or {update}, overflows; a large guidance_scale is the usual cause: lower it "
+            "(or sample in float64; check_finite='step' tells the two apart)")
+    also = f" (guidance_scale={plan.guidance_scale!r} is not the cause: m_c alone overflows too)" if plan.cfg else ""
+    return NonFiniteError(
+        f"{head} ({where}){also}: {update} overflows with this output scale; check the schedule (or sample "
+        "in float64)")
+
+
+def input_modified_error(model: Model, step: int, what: str) -> ValueError:
+    return ValueError(f"model {model.name!r} modified its input {what} in place at step {step}: {INPLACE_FIX}")
 
 
 class Walk:
@@ -70,24 +166,28 @@ class Walk:
                  generator: torch.Generator | None = None, check_finite: str = "auto"):
         device, dtype = template.device, template.dtype
         self.plan, self.models, self.ops, self.generator = plan, list(models), ops, generator
-        self.kwargs = model_kwargs or {}
+        self.kwargs = check_model_kwargs(model_kwargs)
+        check_conditioning(self.models, self.kwargs, template.shape[0], plan.cfg)
         self.check_finite = check_finite_mode(check_finite, device)
         self.coefs = plan.coefficients(dtype, device)
         self.timesteps = plan.timesteps(dtype, device)
-        self.step_ids = torch.arange(plan.steps, dtype=torch.long, device=device)
         self.xs = [torch.zeros_like(template), torch.zeros_like(template)]
         self.hist = torch.zeros((HISTORY_SLOTS, *template.shape), dtype=dtype, device=device)
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device) if self.check_finite == "end" else None
+        end = self.check_finite == "end"
+        self.finite = torch.ones((plan.steps, 2), dtype=torch.bool, device=device) if end else None
+        self._flags = self.finite.view(-1) if end else None  # flag f of step i at 2 i + f
+        self._rounded = dtype != compute_dtype(dtype)  # stores round the arithmetic: both outputs can overflow
         batch = template.shape[0] * (2 if plan.cfg else 1)
         self.expected = Expected(torch.Size((batch, *template.shape[1:])), dtype, device)
         self.where = None
+        self._inputs = None  # (step, version of its state buffer, version of the times) at model_input
 
     # -- state -----------------------------------------------------------------------------------
     def load(self, noise: torch.Tensor) -> None:
         """Start a run from ``noise`` (copied into ``xs[0]``; the finite record is cleared)."""
         self.xs[0].copy_(noise)
-        if self.first_bad is not None:
-            self.first_bad.fill_(-1)
+        if self.finite is not None:
+            self.finite.fill_(True)
 
     def state(self, i: int) -> torch.Tensor:
         """The state x_i before step ``i`` (after the last step: the sample)."""
@@ -96,51 +196,122 @@ class Walk:
     # -- one step ------------------------------------------------------------------------------
     def model_input(self, i: int, t: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, t)`` of step ``i``'s model call: ``[M, *S]`` and ``[M]`` (``M = 2B`` under guidance,
-        the state twice; else ``B``).  ``t`` overrides the 0-d time (per-step graphs gather it)."""
+        the state twice; else ``B``, the state buffer itself).  ``t`` overrides the 0-d time
+        (per-step graphs gather it).  Both are the walk's buffers (or views of them): :meth:`check`
+        refuses an output after they were written in place."""
         x = self.state(i)
         inp = torch.cat([x, x]) if self.plan.cfg else x
         t = self.timesteps[i] if t is None else t
+        self._inputs = (i, x._version, self.timesteps._version)
         return inp, t.expand(self.expected.shape[0])
 
-    def check(self, i: int, model_out, step_id: torch.Tensor | None = None) -> None:
-        """Validate step ``i``'s model output: metadata always, values per ``check_finite``
-        (``step_id``: the device value the ``"end"`` record writes, default ``step_ids[i]``)."""
+    def check(self, i: int, model_out) -> None:
+        """Validate step ``i``'s model output before it is used: shape, dtype and device (host
+        metadata), and that the state and times given by :meth:`model_input` were not written in
+        place (version counters).  Values are checked by :meth:`advance`, per ``check_finite``."""
         model = self.models[self.plan.models[i]]
+        if self._inputs is not None and self._inputs[0] == i:
+            if self.state(i)._version != self._inputs[1]:
+                raise input_modified_error(model, i, "x")
+            if self.timesteps._version != self._inputs[2]:
+                self.plan.evict(self.timesteps)  # the plan's cached times were written: never reuse them
+                raise input_modified_error(model, i, "t")
         check_output(model_out, self.expected, i, model)
-        if self.check_finite == "step" and not bool(torch.isfinite(model_out).all()):
-            raise nonfinite_error(model, i)
-        if self.first_bad is not None:
-            step_id = self.step_ids[i] if step_id is None else step_id
-            bad = (self.first_bad < 0) & ~torch.isfinite(model_out).all()
-            self.first_bad.copy_(torch.where(bad, step_id, self.first_bad))
 
-    def call(self, i: int, t: torch.Tensor | None = None, step_id: torch.Tensor | None = None) -> torch.Tensor:
+    def call(self, i: int, t: torch.Tensor | None = None) -> torch.Tensor:
         """Step ``i``'s model called on :meth:`model_input`, its output checked."""
         inp, times = self.model_input(i, t)
-        out = self.models[self.plan.models[i]](inp, times, **self.kwargs)
-        self.check(i, out, step_id)
+        model = self.models[self.plan.models[i]]
+        versions = inp._version, times._version
+        out = model(inp, times, **self.kwargs)
+        if inp._version != versions[0]:
+            raise input_modified_error(model, i, "x")
+        if times._version != versions[1]:
+            self.plan.evict(self.timesteps)  # the plan's cached times were written: never reuse them
+            raise input_modified_error(model, i, "t")
+        self.check(i, out)
         return out
 
     def advance(self, i: int, model_out: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
-                coefs: torch.Tensor | None = None, ops=None) -> None:
+                coefs: torch.Tensor | None = None, ops=None, step_id: torch.Tensor | None = None) -> None:
         """Take step ``i`` from ``xs[i % 2]`` into ``out`` (default ``xs[(i + 1) % 2]``, the buffer
-        holding x_{i-1}), writing D_i to the history.
+        holding x_{i-1}), writing D_i to the history, then check it per ``check_finite``.
 
         An extrapolated step needs no ``model_out``; a model step takes the (checked) model output
         and draws the step's fresh noise z from ``generator`` when ``plan.noisy[i]``.  ``coefs``
-        and ``ops`` override the plan's table and the backend (per-step graphs).
+        and ``ops`` override the plan's table and the backend (per-step graphs); ``step_id`` is the
+        device step index the ``"end"`` record writes at (per-step graphs; default: row ``i``).
         """
         plan, ops, coefs = self.plan, ops or self.ops, self.coefs if coefs is None else coefs
         x = self.state(i)
         out = self.xs[(i + 1) % 2] if out is None else out
         if plan.models[i] == EXTRAPOLATE:
             ops.extrapolate_step(x, out, self.hist, coefs, i, out, reads=plan.history_reads[i])
-            return
-        z = None
-        if plan.noisy[i]:
-            gen_device = self.generator.device if self.generator is not None else x.device
-            z = torch.randn(x.shape, generator=self.generator, device=gen_device, dtype=x.dtype).to(x.device)
-        ops.model_step(x, model_out, self.hist, coefs, i, out, reads=plan.history_reads[i], cfg=plan.cfg, noise=z)
+        else:
+            z = None
+            if plan.noisy[i]:
+                gen_device = self.generator.device if self.generator is not None else x.device
+                z = torch.randn(x.shape, generator=self.generator, device=gen_device, dtype=x.dtype).to(x.device)
+            ops.model_step(x, model_out, self.hist, coefs, i, out, reads=plan.history_reads[i], cfg=plan.cfg,
+                           noise=z)
+        if self.check_finite == "step":
+            self._check_now(i, model_out, out)
+        elif self.finite is not None:
+            self._record(i, model_out, out, step_id)
+
+    def _written(self, i: int, model_out, out: torch.Tensor) -> list[torch.Tensor]:
+        """What step ``i`` wrote that must be checked.  A model step's x_{i+1} carries its model
+        output and D_i (x_{i+1} = ... + B0 D_i, D_i = PX x_i + PM m); an extrapolated step's
+        D_i = IN x_{i+1} + IC x_i carries its x_{i+1}.  With float16/bfloat16 states each store
+        rounds (and may overflow) on its own after the float32 arithmetic, so both are checked."""
+        if model_out is not None and not self._rounded:
+            return [out]
+        d_i = self.hist[i % HISTORY_SLOTS]
+        if not self._rounded:
+            return [d_i]
+        return [out, d_i]
+
+    def _check_now(self, i: int, model_out, out: torch.Tensor) -> None:
+        """``"step"``: one flag to the host after every step."""
+        ok = None
+        for t in self._written(i, model_out, out):
+            ok = all_finite(t) if ok is None else ok & all_finite(t)
+        if not bool(ok):
+            raise self._diagnose(i, model_out)
+
+    def _record(self, i: int, model_out, out: torch.Tensor, step_id) -> None:
+        """``"end"``: write step ``i``'s two flags on the device (no sync): its model output finite
+        (model steps; extrapolated steps keep True), and what it wrote finite."""
+        written = self._written(i, model_out, out)
+        if step_id is None:
+            if model_out is not None:
+                all_finite(model_out, out=self._flags[2 * i])
+            all_finite(written[0], out=self._flags[2 * i + 1])
+            for t in written[1:]:
+                self._flags[2 * i + 1].logical_and_(all_finite(t))
+        else:  # per-step graphs: the row is the device step index
+            model_ok = all_finite(model_out) if model_out is not None else torch.ones((), dtype=torch.bool,
+                                                                                      device=out.device)
+            written_ok = torch.stack([all_finite(t) for t in written]).all()
+            self.finite.index_copy_(0, step_id.reshape(1), torch.stack([model_ok, written_ok]).reshape(1, 2))
+
+    def _diagnose(self, i: int, model_out) -> NonFiniteError:
+        """Why step ``i`` (``"step"`` mode, its inputs finite) produced NaN or Inf: buffers still hold it."""
+        plan = self.plan
+        if model_out is None:
+            return step_error(plan, self.models, i, self.expected.dtype)
+        if not bool(all_finite(model_out)):
+            return nonfinite_error(self.models[plan.models[i]], i, plan)
+        return step_error(plan, self.models, i, self.expected.dtype, plan.cfg and self._fits_unguided(i, model_out))
+
+    def _fits_unguided(self, i: int, model_out: torch.Tensor) -> bool:
+        """Whether step ``i`` stays finite with the conditional output alone (m = m_c, as with
+        guidance_scale = 1): then the guidance scale is what overflowed.  Runs the step op on copies."""
+        m_c = model_out.chunk(2)[1]
+        out, hist = torch.empty_like(self.state(i)), self.hist.clone()
+        self.ops.model_step(self.state(i), torch.cat([m_c, m_c]), hist, self.coefs, i, out,
+                            reads=self.plan.history_reads[i], cfg=True, noise=None)
+        return bool(all_finite(out) & all_finite(hist[i % HISTORY_SLOTS]))
 
     def step(self, i: int, *, t: torch.Tensor | None = None, step_id: torch.Tensor | None = None,
              coefs: torch.Tensor | None = None, ops=None) -> None:
@@ -149,15 +320,20 @@ class Walk:
         k, model_out = self.plan.models[i], None
         if k != EXTRAPOLATE:
             self.where = f"model {self.models[k].name!r} at step {i}"
-            model_out = self.call(i, t, step_id)
+            model_out = self.call(i, t)
         self.where = f"the step operation of step {i}"
-        self.advance(i, model_out, coefs=coefs, ops=ops)
+        self.advance(i, model_out, coefs=coefs, ops=ops, step_id=step_id)
 
     def finish(self) -> torch.Tensor:
         """The sample (a view of the walk's buffer), after raising :class:`NonFiniteError` for the
         first bad step the ``"end"`` record holds (the one device-to-host copy of a walk)."""
-        if self.first_bad is not None:
-            bad_step = int(self.first_bad)
-            if bad_step >= 0:
-                raise nonfinite_error(self.models[self.plan.models[bad_step]], bad_step)
+        if self.finite is not None:
+            flags = self.finite.cpu()
+            bad = torch.nonzero(~flags.all(dim=1))
+            if len(bad):
+                i = int(bad[0])
+                k = self.plan.models[i]
+                if k != EXTRAPOLATE and not bool(flags[i, 0]):
+                    raise nonfinite_error(self.models[k], i, self.plan)
+                raise step_error(self.plan, self.models, i, self.expected.dtype)
         return self.state(self.plan.steps)

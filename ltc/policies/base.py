@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..plan import Decision, ExtrapolationCol
+from ..schedule import is_integer
 
 
 class Policy(ABC):
@@ -47,9 +48,9 @@ class Full(Policy):
     i.e. the largest when models are ordered small to large)."""
 
     def __init__(self, model: int = -1):
-        if isinstance(model, bool) or not isinstance(model, int):
+        if not is_integer(model):
             raise TypeError(f"model must be an int index into model_fns, got {type(model).__name__}")
-        self.model = model
+        self.model = int(model)
 
     def config(self) -> dict:
         return {"policy": "full", "model": self.model}

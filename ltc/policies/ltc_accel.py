@@ -118,7 +118,13 @@ def _check_interval(interval) -> tuple:
             out.append(float(v))
         else:
             raise TypeError(f"interval {name} must be an int step index or a float fraction, got {v!r}")
+    start, end = out
+    if end is not None and type(start) is type(end) and start >= end:
+        raise ValueError(f"interval {interval!r}: start must be below end")
     return tuple(out)
+
+
+DEFAULT_INTERVAL = (0.25, 1.0)
 
 
 class LTC(Policy):
@@ -147,6 +153,10 @@ class LTC(Policy):
             raise ValueError(f"every must be >= 2 (a model step between two extrapolations), got {every}")
         self.every = int(every)
         self.skip = None if skip is None else self._check_skip(skip)
+        default_interval = self.interval == DEFAULT_INTERVAL and all(type(v) is float for v in self.interval)
+        if self.skip is not None and (not default_interval or self.every != 2):
+            raise ValueError(f"give either skip (the extrapolated steps) or interval/every, not both: "
+                             f"interval={interval!r}, every={every!r} would be ignored with skip={list(self.skip)}")
         if progress not in PROGRESS:
             raise ValueError(f"progress must be one of {PROGRESS}, got {progress!r}")
         if state not in STATES:
@@ -187,19 +197,19 @@ class LTC(Policy):
             return None
         if callable(getattr(weights, "check", None)) and hasattr(weights, "weights"):
             self.calibration = weights  # e.g. an ltc.Calibration: checked against the plan in decide()
-            return tuple(float(w) for w in weights.weights)
-        if _is_number(weights):
+            weights = weights.weights
+        elif _is_number(weights):
             if not math.isfinite(weights):
                 raise ValueError(f"weights must be finite, got {weights!r}")
             return float(weights)
-        try:
-            arr = np.asarray(weights, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(f"weights must be None, a number, a sequence of numbers or a calibration (e.g. ltc.Calibration), "
-                            f"got {type(weights).__name__}") from None
-        if arr.ndim != 1 or not np.all(np.isfinite(arr)):
-            raise ValueError(f"weights must be a 1-D sequence of finite numbers, got shape {arr.shape}")
-        return tuple(float(w) for w in arr)
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, (Sequence, np.ndarray)) \
+                or np.ndim(weights) != 1:
+            raise TypeError(f"weights must be None, a number, a 1-D sequence of numbers or a calibration (e.g. "
+                            f"ltc.Calibration), got {type(weights).__name__}")
+        for k, w in enumerate(weights):
+            if not _is_number(w) or not math.isfinite(w):
+                raise ValueError(f"weights[{k}] must be a finite number, got {w!r}")
+        return tuple(float(w) for w in weights)
 
     def with_base(self, base: Policy) -> "LTC":
         """The same LTC on top of ``base`` (used by ``base | ltc``)."""
@@ -207,8 +217,9 @@ class LTC(Policy):
 
     def replace(self, **changes) -> "LTC":
         """A copy with some constructor arguments changed."""
-        args = dict(interval=self.interval, every=self.every, skip=self.skip, progress=self.progress,
-                    state=self.state, weights=self.calibration or self._weights_arg(), base=self.base)
+        args = dict(progress=self.progress, state=self.state, weights=self.calibration or self._weights_arg(),
+                    base=self.base)
+        args.update(dict(skip=self.skip) if self.skip is not None else dict(interval=self.interval, every=self.every))
         args.update(changes)
         return LTC(**args)
 
@@ -224,6 +235,20 @@ class LTC(Policy):
     def config(self) -> dict:
         w = self.weights if not isinstance(self.weights, tuple) else [float(v).hex() for v in self.weights]
         return {"policy": "ltc", **self.structure(), "weights": w}
+
+    def __repr__(self) -> str:
+        """The constructor call, weights in decimal (6 significant digits); :meth:`config` keeps
+        them exact (hex floats) for fingerprints."""
+        args = [f"skip={list(self.skip)}"] if self.skip is not None else \
+            [f"interval={self.interval!r}", f"every={self.every}"]
+        args += [f"progress={self.progress!r}", f"state={self.state!r}"]
+        if isinstance(self.weights, tuple):
+            args.append("weights=[" + ", ".join(f"{w:.6g}" for w in self.weights) + "]")
+        elif self.weights is not None:
+            args.append(f"weights={self.weights:.6g}")
+        if self.base is not None:
+            args.append(f"base={self.base!r}")
+        return f"LTC({', '.join(args)})"
 
     # -- the plan --------------------------------------------------------------------------------
     def extrapolated_steps(self, steps: int) -> list[int]:
@@ -256,8 +281,8 @@ class LTC(Policy):
         for i in steps:
             j = i - (first - 1)  # gamma of points j-1, j, j+1
             if i < first:
-                raise ValueError(f"state 'x0' extrapolates the model outputs of steps {i - 2} and {i - 1}; "
-                                 f"step {i} is too early (extrapolate from step 2 on)")
+                raise ValueError(f"state 'x0' extrapolates the model outputs of the two steps before; step {i} is "
+                                 f"too early (extrapolate from step 2 on: more steps, or an interval starting later)")
             a, b, c = phi[j - 1], phi[j], phi[j + 1]
             if not np.all(np.isfinite([a, b, c])):
                 raise ValueError(f"progress {self.progress!r} is not finite at points {j - 1}..{j + 1} "
@@ -315,6 +340,18 @@ class LTC(Policy):
         hook = getattr(self.base, "check_models", None)
         if hook is not None:
             hook(models, x, t, model_kwargs, cfg=cfg)
+
+    def check_sampling(self, plan, x, models=None) -> None:
+        """Before the first model call of ``plan`` from ``x`` ``[B, *S]`` (``ltc.sample``, graph runs,
+        ``ltc.Stepper``; ``models=None`` when the caller does not see them): a calibration that
+        offers ``check_models`` (e.g. :class:`ltc.Calibration`) checks the models the plan calls
+        (in model-index order), the sample shape ``S`` and the guidance scale against what it was
+        fitted on."""
+        check = getattr(self.calibration, "check_models", None)
+        if check is None:
+            return
+        used = None if models is None else [models[k] for k in sorted({int(m) for m in plan.models if m >= 0})]
+        check(used, tuple(x.shape[1:]), plan.guidance_scale)
 
     def calibration_key(self, grid, sampler) -> str:
         """What a calibration of this policy on (grid, sampler) is valid for (:func:`calibration_key`)."""

@@ -28,11 +28,13 @@ checks that with one small probe call per model before sampling starts.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from ..models import INPLACE_FIX, output_hint
 from ..ops.contract import compute_dtype
 from ..plan import Decision
 from .base import Policy, no_extrapolation
@@ -73,7 +75,7 @@ class TStitch(Policy):
 
     def __init__(self, fractions, by: str = "step"):
         self.fractions = _check_fractions(fractions)
-        if by not in BY:
+        if not isinstance(by, str) or by not in BY:
             raise ValueError(f"by must be one of {BY}, got {by!r}")
         self.by = by
 
@@ -91,7 +93,14 @@ class TStitch(Policy):
         if not np.isfinite(span) or span == 0:
             raise ValueError(f"TStitch(by='time') needs a grid whose model times change from t[0] to t[N]; "
                              f"got t[0]={t[0]!r}, t[N]={t[-1]!r}")
-        return (t[0] - t[:-1]) / span
+        u = (t[0] - t[:-1]) / span
+        back = np.flatnonzero(np.diff(u) < 0)
+        if len(back):
+            i = int(back[0])
+            raise ValueError(f"TStitch(by='time') needs model times that move monotonically from t[0] to t[N]; "
+                             f"this grid turns back between points {i} and {i + 1} (t = {float(t[i])!r}, "
+                             f"{float(t[i + 1])!r}), so the models would alternate; use by='step'")
+        return u
 
     def decide(self, grid, sampler, n_models: int) -> Decision:
         if n_models != len(self.fractions) + 1:
@@ -111,27 +120,33 @@ class TStitch(Policy):
         """Hook for :func:`ltc.sample`: :func:`check_compatible` before sampling starts, once per
         (model functions, sample shape, dtype, device, cfg): the probe calls are not repeated on
         every call with the same models (they would eat the speed-up at small batch)."""
-        key = (tuple((id(getattr(m, "fn", m)), getattr(m, "prediction", None)) for m in models),
+        fns = [getattr(m, "fn", m) for m in models]
+        key = (tuple((id(f), getattr(m, "prediction", None)) for f, m in zip(fns, models)),
                tuple(x.shape[1:]), x.dtype, str(x.device), cfg)
-        if key in _CHECKED:
-            return
+        refs = _CHECKED.get(key)
+        if refs is not None and all(ref() is f for ref, f in zip(refs, fns)):
+            return  # the same live functions (an id alone may be reused by a new object)
         check_compatible(models, x, t, model_kwargs, cfg=cfg)
-        _CHECKED[key] = True
+        try:
+            _CHECKED[key] = tuple(weakref.ref(f) for f in fns)
+        except TypeError:  # not weak-referenceable: probed again next time
+            return
         if len(_CHECKED) > 64:
             _CHECKED.pop(next(iter(_CHECKED)))
 
 
-_CHECKED: dict = {}  # keys of model sets already found compatible (insertion-ordered, bounded)
+_CHECKED: dict = {}  # model sets already found compatible -> weak references to their functions (bounded)
 
 
 def _probe_kwargs(kwargs: dict, batch: int, cfg: bool) -> dict:
-    """Keep the first sample of each batched tensor argument (dim 0 == B, or 2B under CFG)."""
+    """Keep the first sample of each batched tensor argument (dim 0 == B, or 2B under CFG), as a
+    copy: the caller's tensors are never handed to a model as views."""
     out = {}
     for key, value in kwargs.items():
-        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
-            value = value[:1]
-        elif isinstance(value, torch.Tensor) and cfg and value.ndim >= 1 and value.shape[0] == 2 * batch:
+        if isinstance(value, torch.Tensor) and cfg and value.ndim >= 1 and value.shape[0] == 2 * batch:
             value = value[[0, batch]]
+        elif isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == batch:
+            value = value[:1].clone()
         out[key] = value
     return out
 
@@ -154,17 +169,21 @@ def check_compatible(models, x: torch.Tensor, t, model_kwargs=None, *, cfg: bool
                              f"{preds[0]!r} but {names[k]!r} predicts {preds[k]!r}")
     if not isinstance(x, torch.Tensor) or x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("check_compatible needs a non-empty batch x [B, *S]")
-    probe = x[:1]
-    if cfg:
-        probe = torch.cat([probe, probe])
+    probe = torch.cat([x[:1], x[:1]]) if cfg else x[:1].clone()  # a copy: a model may write its input
     t_dtype = compute_dtype(x.dtype)  # as the walk passes t
     t = torch.as_tensor(t, dtype=t_dtype, device=x.device)
-    t_probe = (t.reshape(-1)[:1] if t.ndim else t).expand(probe.shape[0])
+    t_probe = (t.reshape(-1)[:1] if t.ndim else t).clone().expand(probe.shape[0])
     kwargs = _probe_kwargs(model_kwargs or {}, x.shape[0], cfg)
     for name, model in zip(names, models):
+        versions = probe._version, t_probe._version
         out = model(probe, t_probe, **kwargs)
+        if (probe._version, t_probe._version) != versions:
+            which = "x" if probe._version != versions[0] else "t"
+            raise ValueError(f"stitched model {name!r} modified its input {which} in place during T-Stitch's "
+                             f"compatibility probe; {INPLACE_FIX}")
         if not isinstance(out, torch.Tensor):
-            raise TypeError(f"stitched model {name!r} returned {type(out).__name__}, expected a torch.Tensor")
+            raise TypeError(f"stitched model {name!r} returned {type(out).__name__}, expected a torch.Tensor"
+                            + output_hint(out))
         if out.shape != probe.shape:
             raise ValueError(f"stitched model {name!r} returned shape {tuple(out.shape)} for an input of shape "
                              f"{tuple(probe.shape)}; every stitched model must return the shape of x")

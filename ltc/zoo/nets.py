@@ -9,7 +9,10 @@ time embedding is sinusoidal, ``e_t = [cos(t w_k), sin(t w_k)]`` with ``w_k = 10
 followed by a two-layer MLP; the class embedding (index 10 = the null class, "no label") is added
 to it.  Under classifier-free guidance ltc doubles the batch (unconditional half first); a
 ``y`` of length ``B`` given with an ``x`` of length ``2B`` is therefore read as the labels of the
-conditional half, and the first half gets the null class.
+conditional half, and the first half gets the null class (declared as ``half_batch_kwargs``, so
+:func:`ltc.sample` accepts such a ``y``).  Labels must be integers in ``[0, num_classes]``
+(``num_classes`` = null); they are checked once per label tensor (a host read only when a new
+tensor, or new values, arrive, never while a CUDA graph is captured).
 
 UNet (``channels`` C, ``multipliers`` (m_0, m_1, ...)): level l works at 16 / 2^l pixels with
 C * m_l channels and one residual block; the path is conv_in -> down blocks -> middle block ->
@@ -63,7 +66,10 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """Class-conditional eps-predicting UNet for ``[B, 1, 16, 16]`` images (see module doc)."""
+    """Class-conditional eps-predicting UNet for ``[B, C, H, W]`` images, ``C = in_channels`` and H, W
+    divisible by ``2 ** (len(multipliers) - 1)`` (the zoo's: ``[B, 1, 16, 16]``; see module doc)."""
+
+    half_batch_kwargs = ("y",)  # B labels with a 2B (guidance) batch: the conditional half
 
     def __init__(self, channels: int = 32, multipliers=(1, 2, 2), emb_dim: int = 128,
                  num_classes: int = 10, in_channels: int = 1):
@@ -96,19 +102,46 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, in_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        self._labels_checked = None  # (id, version, data pointer) of the last label tensor found valid
 
     def labels_for(self, y: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """Class indices ``[batch]``: ``y`` itself, null + ``y`` for a CFG-doubled batch, or null."""
         if y is None:
             return torch.full((batch,), self.null_class, dtype=torch.long, device=device)
+        if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype.is_complex \
+                or y.dtype == torch.bool:
+            got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+            raise TypeError(f"y must be an integer tensor of class labels in [0, {self.null_class}] "
+                            f"({self.null_class} = no label), got {got}")
+        if y.ndim != 1 or y.shape[0] not in (batch, batch // 2) or (y.shape[0] != batch and batch % 2):
+            raise ValueError(f"y must have shape [{batch}] (or [{batch // 2}] under guidance), got {tuple(y.shape)}")
+        self._check_label_values(y)
         y = y.to(device=device, dtype=torch.long)
         if y.shape == (batch,):
             return y
-        if 2 * y.shape[0] == batch and y.ndim == 1:
-            return torch.cat([torch.full_like(y, self.null_class), y])
-        raise ValueError(f"y must have shape [{batch}] (or [{batch // 2}] under guidance), got {tuple(y.shape)}")
+        return torch.cat([torch.full_like(y, self.null_class), y])
+
+    def _check_label_values(self, y: torch.Tensor) -> None:
+        """Labels in [0, null]; read on the host once per label tensor and version (the same ``y`` is
+        passed at every step of a sampling run), never while a CUDA graph is being captured."""
+        key = (id(y), y._version, y.data_ptr())
+        if key == self._labels_checked or (y.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.null_class):
+            raise ValueError(f"y holds labels outside [0, {self.null_class}] (classes 0..{self.null_class - 1}, "
+                             f"{self.null_class} = no label): min {int(y.min())}, max {int(y.max())}")
+        self._labels_checked = key
+
+    def _check_input(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        channels, factor = self.conv_in.in_channels, 2 ** len(self.downsample)
+        if x.ndim != 4 or x.shape[1] != channels or x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"UNet expects x of shape [B, {channels}, H, W] with H and W divisible by {factor} "
+                             f"(the zoo models: [B, 1, 16, 16]), got {tuple(x.shape)}")
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != x.shape[0]):
+            raise ValueError(f"UNet expects t of shape [B] = [{x.shape[0]}] (or a 0-d time), got {tuple(t.shape)}")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x, t)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         emb = self.time_mlp(timestep_embedding(t, self.emb_dim))

@@ -99,6 +99,7 @@ class DiT(nn.Module):
     """Class-conditional DiT with adaLN-zero blocks (see the module docstring)."""
 
     prediction = "eps"
+    half_batch_kwargs = ("y",)  # B labels with a 2B (guidance) batch: the conditional half (ltc.models)
 
     def __init__(self, width: int, depth: int, heads: int, patch: int = 2, latent=LATENT,
                  num_classes: int = NUM_CLASSES, name: str | None = None):
