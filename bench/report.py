@@ -48,7 +48,7 @@ def source(name: str, data: dict) -> str:
 # -- scripts ----------------------------------------------------------------------------------
 def scripts() -> str:
     out = ["## Scripts", "",
-           "Run from the repository root with the package installed (`pip install -e \".[test,triton,diffusers]\"`). "
+           "Run from the repository root with the package installed (`pip install -e \".[test,triton,demo,diffusers]\"`, as in the README). "
            "Each script's module docstring says what it measures and how; the commands below are copied from it."]
     for path in sorted(BENCH.glob("*.py")):
         if path.name.startswith("_"):

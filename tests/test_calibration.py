@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ltc
+from ltc.io import content_digest
 from ltc.zoo.oracles import GaussianMixture, exact_endpoint
 from ltc.plan import compile_plan
 from ltc.calibration import auto
@@ -165,11 +166,12 @@ def test_refusal_rule_rejects_ltc_that_loses_to_the_best_plain_sampler(vp_case):
     assert per_sample(plain, exact).median() < per_sample(fast, exact).median()
 
 
-def test_calibrate_says_plainly_when_ltc_is_refused(capsys):
+def test_calibrate_says_plainly_when_ltc_is_refused(capsys, caplog):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
-    with pytest.warns(UserWarning, match="LTC REFUSED"):
+    with pytest.warns(UserWarning, match="LTC REFUSED"), caplog.at_level("INFO", logger="ltc"):
         ltc.calibrate(gm, VP, LTC(state="x"), sampler="ddim", steps=N, noise=CAL[:8], clamp=(0.0, 0.0))
-    assert "LTC REFUSED" in capsys.readouterr().out
+    assert "LTC REFUSED" in caplog.text  # the report is logged (INFO), never printed by the library
+    assert capsys.readouterr().out == ""
 
 
 def test_report_rows_cover_the_equal_nfe_comparisons(vp_case):
@@ -211,19 +213,23 @@ def test_a_calibration_for_another_plan_is_a_clear_error(vp_case, tmp_path):
         ltc.Calibration.load(path, plan=compile_plan(VP.discretize(N), DDIM(), Full(), ["x0"]))
 
 
-def _rewrite(src, dst, drop=(), add=None, meta_change=None):
+def _rewrite(src, dst, drop=(), add=None, meta_change=None, sign=True):
+    """Edit a calibration file; ``sign``: recompute its content digest (as a well-meaning tool would), so
+    that the checks behind the digest are reached."""
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys() if k not in drop}
     tensors.update(add or {})
     meta.update(meta_change or {})
+    if sign and "content_sha256" not in (meta_change or {}):
+        meta["content_sha256"] = content_digest(tensors, meta)
     save_file(tensors, str(dst), metadata=meta)
 
 
 @pytest.mark.parametrize("change, match", [
     ({"drop": ["gamma"]}, r"missing \['gamma'\], extra \[\]"),
     ({"add": {"extra_w": torch.zeros(3, dtype=torch.float64)}}, r"missing \[\], extra \['extra_w'\]"),
-    ({"meta_change": {"format": "something-else"}}, "not an ltc calibration file"),
+    ({"meta_change": {"format": "something-else"}}, "not an ltc-calibration file"),
     ({"meta_change": {"format_version": "99"}}, "format version"),
     ({"meta_change": {"content_sha256": "0" * 64}}, "corrupted"),
     ({"meta_change": {"structure": json.dumps({"interval": [0.25, 1.0], "every": 2, "skip": None,
@@ -283,20 +289,22 @@ def test_auto_candidates_have_exactly_the_requested_skips_and_rank_by_coherence(
     assert [r[0] for r in ranked] == sorted((r[0] for r in ranked), reverse=True)
 
 
-def test_auto_returns_a_calibrated_ltc_policy_with_the_requested_nfe(capsys):
+def test_auto_returns_a_calibrated_ltc_policy_with_the_requested_nfe(caplog):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
-    choice = auto(gm, VP, steps=N, speedup=20 / 13, sampler="ddim", noise=CAL, candidates=2)
+    with caplog.at_level("INFO", logger="ltc"):
+        choice = auto(gm, VP, steps=N, speedup=20 / 13, sampler="ddim", noise=CAL, candidates=2)
     assert choice.accepted and isinstance(choice.policy, LTC) and choice.nfe == 13
-    assert "accepted" in capsys.readouterr().out
+    assert "accepted" in caplog.text
     _, info = choice.sample(gm, noise=HELD, progress=False, return_info=True)
     assert info.nfe == 13 and choice.calibration.accepted and len(choice.candidates) == 2
 
 
-def test_auto_falls_back_to_the_best_plain_plan_when_every_ltc_setting_is_refused(capsys):
+def test_auto_falls_back_to_the_best_plain_plan_when_every_ltc_setting_is_refused(caplog):
     gm = GaussianMixture.random(VP, dim=DIM, seed=0)
-    choice = auto(gm, VP, steps=N, nfe=14, sampler="ddim", noise=CAL[:8], candidates=2, clamp=(0.0, 0.0))
+    with caplog.at_level("INFO", logger="ltc"):
+        choice = auto(gm, VP, steps=N, nfe=14, sampler="ddim", noise=CAL[:8], candidates=2, clamp=(0.0, 0.0))
     assert not choice.accepted and isinstance(choice.policy, Full)
-    assert "no LTC setting" in capsys.readouterr().out
+    assert "no LTC setting" in caplog.text
     _, info = choice.sample(gm, noise=HELD, progress=False, return_info=True)
     assert info.nfe == 14
 

@@ -11,7 +11,7 @@ key) is bumped, which makes the old files fail their key check.  This file catch
   deterministic, to 1e-12); the demo's plan compiles with it; the demo reads this folder.
 * the refit: each file is re-calibrated exactly as ``python -m ltc demo --recalibrate`` makes it
   (the zoo models, the demo's calibration noises, labels, guidance and steps -- taken from the
-  defaults of :func:`ltc.demo.zoo.run` -- and the objective and clamp recorded in the file's ``fit``)
+  demo's default settings :data:`ltc.demo.zoo.QUICK` -- and the objective and clamp recorded in the file's ``fit``)
   but with ``report=False``: the report (79 of the 119 model calls) does not touch the weights.
   The fitted weights and fit diagnostics must equal the stored ones.  The fit is a one-step closed
   form per extrapolated step, so the weights depend on ``rows`` (R0 + w R1), the history rule
@@ -27,7 +27,7 @@ Cost on 2 CPU cores: ~3 s for both refits when the machine is otherwise idle (40
 batch 20 under guidance), more when other jobs share the cores; a full
 ``python -m ltc demo --recalibrate`` takes ~130 s.
 """
-import inspect
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -37,13 +37,14 @@ import torch
 
 import ltc.zoo as zoo
 from ltc.calibration import Calibration, calibrate
+from ltc.demo import calibrations as demo_calibrations
 from ltc.demo import zoo as demo_zoo
 from ltc.plan import compile_plan
 from ltc.policies import LTC, TStitch
 from ltc.samplers import get_sampler
 
 SHIPPED_DIR = Path(zoo.__file__).parent / "calibrations"
-DEMO = {name: p.default for name, p in inspect.signature(demo_zoo.run).parameters.items()}
+DEMO = dataclasses.asdict(demo_zoo.QUICK)
 SAMPLER = demo_zoo.SAMPLER
 
 
@@ -79,7 +80,7 @@ def load(name: str) -> Calibration:
 
 def test_the_shipped_files_are_the_demos_and_the_demo_reads_them():
     assert sorted(p.stem for p in SHIPPED_DIR.glob("*.safetensors")) == sorted(SHIPPED)
-    assert Path(demo_zoo.CALIBRATIONS).resolve() == SHIPPED_DIR.resolve()
+    assert Path(demo_calibrations.SHIPPED_DIR).resolve() == SHIPPED_DIR.resolve()
 
 
 @pytest.mark.parametrize("name", SHIPPED)

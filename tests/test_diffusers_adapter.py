@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install ltc[diffusers])")
+diffusers = pytest.importorskip(
+    "diffusers", reason="diffusers is not installed (the 'diffusers' extra of the README's install command)")
 
 import ltc  # noqa: E402
 from ltc.adapters.diffusers import (model_fn_from_transformer, model_fn_from_unet,  # noqa: E402

@@ -1,5 +1,7 @@
 """The model zoo: data, checked loading of the shipped weights, metrics, and in-distribution samples."""
+import importlib.util
 import json
+import math
 import shutil
 
 import pytest
@@ -9,7 +11,11 @@ import ltc
 import ltc.zoo as zoo
 from ltc.policies import TStitch
 from ltc.zoo import metrics as M
-from ltc.io import read_weights, save_weights
+from ltc.io import RESERVED, read_checked, write_checked
+from ltc.zoo.loader import WEIGHTS_FORMAT
+
+needs_torchmetrics = pytest.mark.skipif(importlib.util.find_spec("torchmetrics") is None,
+                                        reason="torchmetrics is not installed (the 'metrics' extra)")
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -121,13 +127,14 @@ def test_text_file_is_refused(copy_of_small):
 
 
 def _rewrite(path, edit_tensors=None, edit_meta=None):
-    tensors, meta = read_weights(path)
-    meta.pop("tensors_sha256")
+    """Edit a weight file and write it again with a valid digest (as a well-meaning tool would)."""
+    tensors, meta = read_checked(path, WEIGHTS_FORMAT)
+    meta = {k: v for k, v in meta.items() if k not in RESERVED}
     if edit_tensors:
         edit_tensors(tensors)
     if edit_meta:
         edit_meta(meta)
-    save_weights(path, tensors, meta)
+    write_checked(path, tensors, meta, WEIGHTS_FORMAT)
 
 
 def test_missing_tensor_is_named(copy_of_small):
@@ -174,6 +181,7 @@ def test_architecture_contradicting_the_tensors_is_refused(copy_of_small):
 
 
 # -- metrics ---------------------------------------------------------------------------------
+@needs_torchmetrics
 def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
     signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64)
     a = signs * torch.tensor([1.0, 2.0]) + torch.tensor([0.5, 0.0])
@@ -185,6 +193,7 @@ def test_frechet_distance_matches_the_closed_form_for_diagonal_covariances():
     assert M.frechet_distance_from_features(a, a) == pytest.approx(0.0, abs=1e-12)
 
 
+@needs_torchmetrics
 def test_frechet_distance_is_invariant_to_a_common_rotation():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(50, 4, generator=g, dtype=torch.float64)
@@ -192,6 +201,53 @@ def test_frechet_distance_is_invariant_to_a_common_rotation():
     q, _ = torch.linalg.qr(torch.randn(4, 4, generator=g, dtype=torch.float64))
     assert M.frechet_distance_from_features(a @ q, b @ q) == pytest.approx(
         M.frechet_distance_from_features(a, b), rel=1e-9)
+
+
+def hand_written_frechet_distance(feat_a, feat_b):
+    """The Frechet distance ltc computed by hand before it used torchmetrics (kept as the reference):
+    tr (S_a^{1/2} S_b S_a^{1/2})^{1/2} by two symmetric eigendecompositions, in float64."""
+    a, b = feat_a.double(), feat_b.double()
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(cov_a)
+    root_a = (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((a.mean(0) - b.mean(0)).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
+
+
+def round_off_bound(feat_a, feat_b):
+    """How far two correct float64 computations of FD may differ: 1e-9 relative when both covariances
+    have full rank (two backward-stable eigensolvers of well-conditioned 64x64 matrices; observed
+    ~1e-12), plus, for each of the k exactly-zero eigenvalues of S_a S_b that a covariance of
+    n <= d samples has, 2 sqrt(eps_64 lambda_max): each such eigenvalue comes out as round-off of
+    size eps lambda_max, and its square root enters tr (S_a S_b)^{1/2}, counted twice in FD."""
+    cov_a, cov_b = torch.cov(feat_a.double().T), torch.cov(feat_b.double().T)
+    d = feat_a.shape[1]
+    null = max(0, d - (min(feat_a.shape[0], feat_b.shape[0]) - 1))
+    lam_max = float(torch.linalg.eigvals(cov_a @ cov_b).real.max())
+    return null * 2 * math.sqrt(torch.finfo(torch.float64).eps * lam_max)
+
+
+@needs_torchmetrics
+@pytest.mark.parametrize("samples", [297, 50], ids=["full-rank", "50-samples"])
+def test_torchmetrics_frechet_distance_agrees_with_the_hand_written_formula(samples):
+    """The zoo FD (torchmetrics, zoo classifier features) is the number ltc computed by hand before,
+    to the round-off of the two methods (``round_off_bound``), on the zoo's own digits."""
+    x = zoo.digits("heldout")[0][:samples]
+    feat_x, feat_all = M.features(x), M.data_features()
+    expected = hand_written_frechet_distance(feat_x, feat_all)
+    tolerance = 1e-9 * expected + round_off_bound(feat_x, feat_all)
+    assert abs(M.frechet_distance(x) - expected) <= tolerance
+    assert abs(M.frechet_distance_from_features(feat_x, feat_all) - expected) <= tolerance
+    assert (samples == 297) == (tolerance < 1e-8)  # the full-rank case is held to 1e-9 relative
+
+
+@needs_torchmetrics
+def test_frechet_distance_is_torchmetrics_with_the_zoo_classifier():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = M.frechet_metric()
+    assert isinstance(metric, FrechetInceptionDistance) and isinstance(metric.inception, M.ClassifierFeatures)
+    assert metric.real_features_num_samples == zoo.digits("all")[0].shape[0]
 
 
 def test_psnr_and_rmse_of_a_constant_offset():
@@ -208,9 +264,14 @@ def test_classifier_is_accurate_on_held_out_digits():
     assert agreement == pytest.approx(float(zoo.load_classifier().metadata["heldout_accuracy"]), abs=1e-4)
 
 
+@needs_torchmetrics
 def test_metrics_refuse_wrong_shapes():
     with pytest.raises(ValueError, match=r"\[B, 1, 16, 16\]"):
         M.frechet_distance(torch.zeros(4, 16, 16))
+    with pytest.raises(ValueError, match="at least 2"):
+        M.frechet_distance(torch.zeros(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="same d"):
+        M.frechet_distance_from_features(torch.zeros(3, 4), torch.zeros(3, 5))
     with pytest.raises(ValueError, match="differ in shape"):
         M.psnr_rmse(torch.zeros(2, 1, 16, 16), torch.zeros(3, 1, 16, 16))
 

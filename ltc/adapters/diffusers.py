@@ -1,6 +1,7 @@
 """diffusers adapter: an ltc schedule, sampler and model function from diffusers objects.
 
-Needs the ``diffusers`` extra (``pip install ltc[diffusers]``); the rest of ltc never imports it.
+Needs the ``diffusers`` extra (in the README's install command, or ``pip install diffusers``); the
+rest of ltc never imports it.
 
 * :func:`schedule_from_diffusers` -- the grid of a scheduler's ``set_timesteps(steps)``, read from
   the scheduler itself (its ``timesteps``, ``sigmas`` / ``alphas_cumprod``) as an

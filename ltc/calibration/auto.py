@@ -16,6 +16,7 @@ Rule.  With N steps and a requested NFE, K = N - NFE steps must be extrapolated.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,8 @@ from ..samplers import DPMSolverPP, Sampler, get_sampler
 from ..schedule import Schedule
 from .file import Calibration
 from .fit import Session
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,7 +85,8 @@ def auto(model_fns, schedule: Schedule, *, steps: int, nfe: int | None = None, s
          guidance_scale=None, prediction=None, dtype=None, device=None, backend=None,
          verbose: bool = True) -> AutoChoice:
     """Choose an LTC interval and cadence for ``nfe`` model calls (or ``steps / speedup``) out of
-    ``steps``, by the rule of the module docstring.  Other arguments as in :func:`ltc.calibrate`."""
+    ``steps``, by the rule of the module docstring.  Other arguments as in :func:`ltc.calibrate`;
+    ``verbose`` logs the choice (logger ``ltc.calibration.auto``, level INFO)."""
     if (nfe is None) == (speedup is None):
         raise ValueError("give exactly one of nfe (model calls) or speedup (steps / nfe)")
     if speedup is not None:
@@ -136,5 +140,5 @@ def auto(model_fns, schedule: Schedule, *, steps: int, nfe: int | None = None, s
         choice = AutoChoice(False, base_policy if base is not None else Full(), sch, smp, n, nfe, msg, None,
                             summary, session.calls)
     if verbose:
-        print(msg)
+        logger.info("%s", msg)
     return choice

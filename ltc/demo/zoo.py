@@ -4,185 +4,269 @@ Two class-conditional eps-prediction UNets trained on 16x16 digits (:mod:`ltc.zo
 costs ~6x the small one's multiply-adds), classifier-free guidance, DPM-Solver++(2M).  Rows:
 
 * full          -- the large model at every one of the N steps (the reference samples)
-* LTC           -- LTC-Accel, weights calibrated on other noises (:func:`ltc.calibrate`)
+* LTC           -- LTC-Accel, weights calibrated on other noises (:func:`ltc.calibrate`); named
+  "(calibrated)" only when the calibration passed the refusal rule, "(calibration refused)" else
 * T-Stitch      -- the small model for the first ``fraction`` of the steps
 * T-Stitch+LTC  -- both, calibrated on the composed plan
 * plain rows    -- the plain sampler with the large model at the *same model cost* as each
   accelerated row (fewer steps): the baseline an acceleration has to beat.
 
-Quality: PSNR against the full samples from the same noise (higher is closer), the Frechet distance
-to the data in the zoo classifier's feature space (lower is better; noisy at this sample count) and
-classifier confidence.  Model cost counts multiply-adds: 1.0 = N large-model calls.
+Speed: *model cost* (model calls x multiply-adds per call, 1.0 = N large-model calls) is the
+primary column -- it does not depend on the machine; wall time is the median and range of
+``repeats`` interleaved timed runs, and the report warns where the range exceeds a difference the
+table invites (:mod:`.report`).  Quality: PSNR against the full samples from the same noise (higher
+is closer), the Frechet distance to the data in the zoo classifier's features (torchmetrics; lower
+is better, rough with few samples) and classifier confidence.
+
+The default run (:data:`QUICK`: 20 samples, 3 timed repeats) is sized for about a minute on a
+2-core CPU; ``--full`` (:data:`FULL`: 100 samples, 5 repeats) for steadier numbers.
 """
 from __future__ import annotations
 
-import statistics
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import zoo
 from ..api import sample
-from ..calibration import Calibration, calibrate
 from ..plan import compile_plan
 from ..policies import LTC, Full, TStitch
-
 from ..samplers import get_sampler
+from . import calibrations, pictures, report
 from .table import format_table
 
 SAMPLER = "dpmpp_2m"
+SAMPLER_NAME = "DPM-Solver++(2M)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One demo run: ``steps`` per trajectory, ``batch`` samples (labels 0..9 repeated), ``repeats``
+    timed runs of every row, T-Stitch's small-model ``fraction``, the guidance scale, and the
+    number of calibration noises (``calib``, for ``--recalibrate``)."""
+
+    steps: int = 20
+    batch: int = 20
+    repeats: int = 3
+    fraction: float = 0.4
+    guidance: float = 2.0
+    calib: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "repeats", "calib"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "calib" else 1):
+                raise ValueError(f"{name} must be an int >= {2 if name == 'calib' else 1}, got {value!r}")
+
+
+QUICK = Settings()
+FULL = Settings(batch=100, repeats=5)
 
 
 def _macs(name: str) -> float:
     return float(zoo.info(name)["macs_per_sample"])
 
 
-def _run(models, schedule, policy, steps, noise, kwargs, guidance, progress):
-    start = time.perf_counter()
-    x, info = sample(models, schedule, policy, sampler=SAMPLER, steps=steps, noise=noise,
-                         model_kwargs=kwargs, guidance_scale=guidance, return_info=True, progress=progress)
-    return x, info, time.perf_counter() - start
+def _plain_name(steps: int) -> str:
+    return f"plain {steps} steps"
 
 
-CALIBRATIONS = zoo.CALIBRATIONS_DIR
+def _setups(s: Settings, small, large, schedule, recalibrate: bool, cost: list[float]):
+    """``(rows, notes)``: each row's name, kind, models, policy, steps, calibration verdict, and
+    the plain row at its model cost; notes say where each calibration came from."""
+    def conditioning(n):
+        labels = torch.arange(n) % 10
+        return {"y": torch.cat([torch.full_like(labels, zoo.NULL_CLASS), labels])}
+
+    calib_noise = torch.randn(s.calib, 1, 16, 16, generator=torch.Generator().manual_seed(s.seed + 1))
+    notes = []
+
+    def calibrated(name, title, models, policy):
+        cal, source = calibrations.load_or_calibrate(name, recalibrate, dict(
+            model_fns=models, schedule=schedule, policy=policy, sampler=SAMPLER, steps=s.steps,
+            noise=calib_noise, model_kwargs=conditioning(s.calib), guidance_scale=s.guidance))
+        verdict = {True: "accepted", False: "REFUSED", None: None}[cal.accepted]
+        why = {"accepted": "accepted", None: "not judged (made without the report)",
+               "REFUSED": "REFUSED: a plain sampler came closer to the teacher at equal NFE on the calibration noises"}
+        notes.append(f"{title} weights: {source}; calibration {why[verdict]}")
+        return policy.replace(weights=cal), verdict
+
+    stitch = TStitch([s.fraction])
+    ltc_policy, ltc_verdict = calibrated("demo_ltc", "LTC", large, LTC(state="x"))  # the shipped files use state x
+    both_policy, both_verdict = calibrated("demo_tstitch_ltc", "T-Stitch + LTC", [small, large],
+                                           stitch | LTC(state="x"))
+    def named(method, verdict):  # only an accepted calibration is called calibrated
+        state = {"accepted": "calibrated", "REFUSED": "calibration refused", None: "calibration not judged"}
+        return f"{method} ({state[verdict]})"
+
+    accelerated = [(named("LTC", ltc_verdict), ltc_policy, ltc_verdict),
+                   (f"T-Stitch {s.fraction:.0%} small", stitch, None),
+                   (named("T-Stitch + LTC", both_verdict), both_policy, both_verdict)]
+    rows = [{"method": "full", "kind": "full", "policy": Full(), "steps": s.steps}]
+    for name, policy, verdict in accelerated:
+        plan = compile_plan(schedule.discretize(s.steps), get_sampler(SAMPLER), policy,
+                            [m.prediction for m in (small, large)], s.guidance)
+        rel = sum(k * c for k, c in zip(plan.nfe_per_model(), cost)) / s.steps
+        plain = max(1, int(rel * s.steps + 1e-9))  # the most plain steps the same cost buys
+        rows.append({"method": name, "kind": "accelerated", "policy": policy, "steps": s.steps,
+                     "calibration": verdict, "plain": _plain_name(plain)})
+        if all(r["method"] != _plain_name(plain) for r in rows):
+            rows.append({"method": _plain_name(plain), "kind": "plain", "policy": Full(), "steps": plain})
+    return rows, notes
 
 
-def run(steps: int = 20, batch: int = 50, fraction: float = 0.4, guidance: float = 2.0, calib: int = 20,
-        seed: int = 0, progress: bool = True, recalibrate: bool = False,
-        timing_repeats: int = 3) -> tuple[list[dict], dict]:
-    """All rows of the demo table, and the samples of each row (``[batch, 1, 16, 16]``).
+def run(settings: Settings = QUICK, *, progress: bool = True, recalibrate: bool = False) -> tuple[list[dict], dict]:
+    """All rows of the demo table and ``{"samples": {method: [batch, 1, 16, 16]}, "labels", "notes"}``.
 
-    LTC weights come from the calibration files shipped in ``ltc/zoo/calibrations`` (made by
-    ``python -m ltc demo --recalibrate``, which runs :func:`ltc.calibrate` on ``calib`` other noises
-    and saves them); a file that does not match the plan is an error, never silently used.
-    Wall times are medians of ``timing_repeats`` interleaved runs of every row.
+    LTC weights: see :mod:`.calibrations` (the user's ``--recalibrate`` files, else the shipped
+    ones; a file that does not fit the plan is an error, never silently used).  Every row is
+    sampled once for the metrics, then timed ``settings.repeats`` times, interleaved (machine noise
+    hits every row alike).
     """
+    s = settings
     small, large = zoo.load("unet_small"), zoo.load("unet_large")
     schedule = zoo.schedule("unet_large")
     cost = [_macs("unet_small") / _macs("unet_large"), 1.0]
+    rows, notes = _setups(s, small, large, schedule, recalibrate, cost)
 
-    def cfg_kwargs(n):
-        labels = torch.arange(n) % 10
-        return {"y": torch.cat([torch.full_like(labels, zoo.NULL_CLASS), labels])}, labels
+    labels = torch.arange(s.batch) % 10
+    kwargs = {"y": torch.cat([torch.full_like(labels, zoo.NULL_CLASS), labels])}
+    noise = torch.randn(s.batch, 1, 16, 16, generator=torch.Generator().manual_seed(s.seed))
 
-    kwargs, labels = cfg_kwargs(batch)
-    noise = torch.randn(batch, 1, 16, 16, generator=torch.Generator().manual_seed(seed))
-    calib_kwargs, _ = cfg_kwargs(calib)
-    calib_noise = torch.randn(calib, 1, 16, 16, generator=torch.Generator().manual_seed(seed + 1))
+    def draw(row):
+        start = time.perf_counter()
+        x, info = sample([small, large], schedule, row["policy"], sampler=SAMPLER, steps=row["steps"], noise=noise,
+                         model_kwargs=kwargs, guidance_scale=s.guidance, return_info=True, progress=False)
+        return x, info, time.perf_counter() - start
 
-    def calibrated(name, models, policy):
-        path = CALIBRATIONS / f"{name}.safetensors"
-        if recalibrate or not path.is_file():
-            cal = calibrate(models, schedule, policy, steps=steps, noise=calib_noise, model_kwargs=calib_kwargs,
-                                guidance_scale=guidance, verbose=False)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cal.save(path)
-            print(f"calibrated {name} on {calib} other noises: saved {path}")
-        else:
-            cal = Calibration.load(path)
-        return policy.replace(weights=cal), cal
+    bar = tqdm(total=len(rows) * (1 + s.repeats), desc="ltc demo", leave=False, disable=not progress)
+    samples = {}
+    for row in rows:  # the metrics pass (it also warms every shape up)
+        x, info, _ = draw(row)
+        samples[row["method"]] = x
+        row["NFE small+large"] = "+".join(map(str, info.nfe_per_model))
+        row["model cost"] = sum(k * c for k, c in zip(info.nfe_per_model, cost)) / s.steps
+        row["walls"] = []
+        bar.update(1)
+    for _ in range(s.repeats):
+        for row in rows:
+            row["walls"].append(draw(row)[2])
+            bar.update(1)
+    bar.close()
+    _quality(rows, samples, labels)
+    return rows, {"samples": samples, "labels": labels, "notes": notes}
 
-    stitch = TStitch([fraction])
-    ltc_policy, ltc_cal = calibrated("demo_ltc", large, LTC(state="x"))  # the shipped files use state x
-    both_policy, both_cal = calibrated("demo_tstitch_ltc", [small, large], stitch | LTC(state="x"))
-    setups = [("full", [small, large], Full(), steps),
-              ("LTC (calibrated)", [small, large], ltc_policy, steps),
-              (f"T-Stitch {fraction:.0%} small", [small, large], stitch, steps),
-              ("T-Stitch + LTC", [small, large], both_policy, steps)]
-    # every accelerated setup is followed by the plain sampler (large model) at the same model cost
-    runs = []
-    for name, models, policy, n in setups:
-        runs.append((name, models, policy, n))
-        if name != "full":
-            plan = compile_plan(schedule.discretize(n), get_sampler(SAMPLER), policy,
-                                    [m.prediction for m in models], guidance)
-            rel = sum(k * c for k, c in zip(plan.nfe_per_model(), cost)) / steps
-            plain = max(1, int(rel * steps + 1e-9))
-            if all(r[0] != f"plain {plain} steps" for r in runs):
-                runs.append((f"plain {plain} steps", [small, large], Full(), plain))
-    rows, samples, walls = [], {}, {}
-    for name, models, policy, n in runs:
-        x, info, wall = _run(models, schedule, policy, n, noise, kwargs, guidance, progress)
-        rows.append({"method": name, "steps": n, "NFE small+large": "+".join(map(str, info.nfe_per_model)),
-                     "model cost": sum(k * c for k, c in zip(info.nfe_per_model, cost)) / steps})
-        samples[name], walls[name] = x, [wall]
-    for _ in range(timing_repeats - 1):  # interleaved repeats: machine noise hits every row alike
-        for name, models, policy, n in runs:
-            walls[name].append(_run(models, schedule, policy, n, noise, kwargs, guidance, False)[2])
+
+def _quality(rows: list[dict], samples: dict, labels: torch.Tensor) -> None:
+    """PSNR against the full samples, FD, confidence and the 'vs plain' verdict of every row."""
     reference = samples["full"]
     for row in rows:
-        row["wall_s"] = statistics.median(walls[row["method"]])
-    for row in rows:
         x = samples[row["method"]]
-        row["speed-up"] = rows[0]["wall_s"] / row["wall_s"]
-        row["PSNR vs full"] = zoo.metrics.psnr_rmse(x, reference)["psnr"] if row["method"] != "full" else float("inf")
-        row["FD"] = zoo.metrics.frechet_distance(x)
+        row["PSNR vs full"] = zoo.metrics.psnr_rmse(x, reference)["psnr"] if row["kind"] != "full" else float("inf")
+        row["FD"] = zoo.metrics.frechet_distance(x) if x.shape[0] >= 2 else None
         row["confidence"] = zoo.metrics.confidence(x, labels)["confidence"]
     by_name = {r["method"]: r for r in rows}
-    for row in rows:  # the honest verdict: closer to full than the plain sampler at the same cost?
-        if row["method"] != "full" and not row["method"].startswith("plain"):
-            plain = by_name[f"plain {max(1, int(row['model cost'] * steps + 1e-9))} steps"]
-            row["vs plain"] = "better" if row["PSNR vs full"] > plain["PSNR vs full"] else "WORSE"
-    calibrations = {"LTC": ltc_cal, "T-Stitch + LTC": both_cal}
-    return rows, {"samples": samples, "calibrations": calibrations}
+    for row in rows:  # closer to full than the plain sampler at the same cost?
+        if row["kind"] == "accelerated":
+            row["vs plain"] = "better" if row["PSNR vs full"] > by_name[row["plain"]]["PSNR vs full"] else "WORSE"
 
 
-def _save_pictures(rows, samples, out_dir: Path) -> list[Path]:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'ltc[demo]'): no PNG written")
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = [r["method"] for r in rows]
-    grid = torch.cat([torch.cat(list(samples[n][:10, 0].clamp(-1, 1)), dim=1) for n in names], dim=0)
-    fig, ax = plt.subplots(figsize=(8, 0.85 * len(names) + 0.4))
-    ax.imshow(grid.numpy(), cmap="gray", vmin=-1, vmax=1)
-    ax.set_yticks([8 + 16 * k for k in range(len(names))], names)
-    ax.set_xticks([])
-    ax.set_title("same noise, same labels 0-9: one row per method")
-    fig.tight_layout()
-    paths = [out_dir / "samples.png"]
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
+COLUMNS = ["method", "steps", "NFE small+large", "model cost", "speed-up (cost)", "wall s (median)",
+           "wall s (range)", "PSNR vs full", "vs plain", "FD", "confidence"]
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    plain = sorted((r for r in rows if r["method"].startswith("plain") or r["method"] == "full"),
-                   key=lambda r: r["model cost"])
-    ax.plot([r["model cost"] for r in plain], [min(r["PSNR vs full"], 60) for r in plain], "o-", color="gray",
-            label="plain DPM-Solver++(2M), large model")
+
+def format_rows(rows: list[dict]) -> str:
+    """The table: model cost and the speed-up it gives first, then wall time (median, range)."""
+    table = []
     for r in rows:
-        if not (r["method"].startswith("plain") or r["method"] == "full"):
-            ax.plot(r["model cost"], r["PSNR vs full"], "s", label=r["method"])
-    ax.set_xlabel("model cost (1 = full large-model run)")
-    ax.set_ylabel("PSNR vs full samples (dB; full capped at 60)")
-    ax.set_title("speed/quality trade-off")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out_dir / "tradeoff.png")
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
-    return paths
+        median, lo, hi = report.wall_stats(r["walls"])
+        table.append({**r, "model cost": f"{r['model cost']:.3f}", "speed-up (cost)": f"{1 / r['model cost']:.2f}x",
+                      "wall s (median)": f"{median:.3g}", "wall s (range)": f"{lo:.3g}-{hi:.3g}",
+                      "PSNR vs full": "(ref)" if r["kind"] == "full" else f"{r['PSNR vs full']:.2f}",
+                      "FD": None if r["FD"] is None else f"{r['FD']:.3f}", "confidence": f"{r['confidence']:.4f}"})
+    return format_table(table, COLUMNS)
 
 
-def main(out_dir: str = "demo_out", progress: bool = True, recalibrate: bool = False) -> str:
-    torch.manual_seed(0)
-    rows, extra = run(progress=progress, recalibrate=recalibrate)
-    columns = ["method", "steps", "NFE small+large", "model cost", "wall_s", "speed-up", "PSNR vs full",
-               "vs plain", "FD", "confidence"]
-    decisions = []
-    for name, cal in extra["calibrations"].items():
-        verdict = {True: "accepted", False: "REFUSED (a plain sampler is better at equal NFE)",
-                   None: "no verdict"}[cal.accepted]
-        decisions.append(f"{name}: calibration {verdict}")
-    text = ("ltc demo: zoo digit UNets (small ~1/6 the multiply-adds of large), CFG 2.0, DPM-Solver++(2M), "
-            "20 steps, 50 samples.\nPSNR is against the full run from the same noise; FD to the data in the zoo "
-            "classifier's features (noisy with 50 samples).\nEach accelerated row is followed by the plain sampler "
-            "at the same model cost; 'vs plain' says whether the accelerated row is closer to full.\n\n" + format_table(rows, columns) + "\n\n" + "\n".join(decisions))
+def machine_line(threads: int) -> str:
+    """How busy the machine is while timing (wall times are only comparable on a quiet one)."""
+    cpus = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return f"{threads} CPU thread(s) of {cpus}"
+    busy = " -- busy: wall times are noisy, model cost is not" if load > 0.75 * cpus else ""
+    return f"{threads} CPU thread(s); load average {load:.1f} on {cpus} CPUs{busy}"
+
+
+def describe(settings: Settings, rows: list[dict], extra: dict) -> str:
+    """The demo's text: what was run, the table, where the calibrations came from, timing
+    warnings and one line of advice (last)."""
+    s = settings
+    more = "" if s == FULL else f" (--full: {FULL.batch} samples, {FULL.repeats} repeats)"
+    head = [f"ltc demo: the zoo's digit UNets (small = ~1/6 the multiply-adds of large), CFG {s.guidance:g}, "
+            f"{SAMPLER_NAME}, {s.steps} steps, {s.batch} samples{more}.",
+            "model cost = model calls x multiply-adds (1 = the full run): the speed measure that does not depend "
+            "on the machine.",
+            f"wall s: median and range of {s.repeats} interleaved repeats; {extra.get('machine', '')}.",
+            "PSNR vs full: from the same noise, higher is closer.  Each accelerated row is followed by the plain "
+            "sampler at its model cost;",
+            "'vs plain': is the accelerated row closer to full?  FD: Frechet distance to the data in the zoo "
+            f"classifier's features (rough with {s.batch} samples)."]
+    lines = head + ["", format_rows(rows), ""]
+    lines += extra["notes"] + report.timing_notes(rows)
+    lines.append(report.advice(rows, SAMPLER_NAME))
+    return "\n".join(lines)
+
+
+def save_pictures(rows: list[dict], samples: dict, labels: torch.Tensor, out_dir: Path) -> list[str]:
+    """Write ``samples.png`` (Pillow) and ``tradeoff.png`` (matplotlib); lines saying what was written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    said = []
+    columns = labels[:min(10, labels.shape[0])].tolist()
+    try:
+        grid = pictures.sample_grid({r["method"]: samples[r["method"]] for r in rows}, columns,
+                                    title="same noise, same labels: one row per method")
+    except ImportError:
+        said.append("Pillow is not installed (see the README's install command): no samples.png")
+    else:
+        grid.save(out_dir / "samples.png")
+        said.append(f"wrote {out_dir / 'samples.png'}")
+    if pictures.tradeoff_plot(rows, out_dir / "tradeoff.png", SAMPLER_NAME):
+        said.append(f"wrote {out_dir / 'tradeoff.png'}")
+    else:
+        said.append("matplotlib is not installed (see the README's install command): no tradeoff.png")
+    return said
+
+
+def main(out_dir: str = "demo_out", progress: bool = True, recalibrate: bool = False, full: bool = False,
+         threads: int = 1, settings: Settings | None = None) -> str:
+    """Run the demo on ``threads`` CPU threads (restored afterwards), print its report and the
+    pictures written; returns the report.
+
+    One thread by default: on a 2-core machine shared with other work, torch's two threads made
+    these small models ~3x slower (threads wait for each other), and one thread keeps the timed
+    repeats steadier; ``--threads 2`` on a quiet machine."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    s = settings or (FULL if full else QUICK)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        rows, extra = run(s, progress=progress, recalibrate=recalibrate)
+        extra["machine"] = machine_line(threads)
+    finally:
+        torch.set_num_threads(before)
+    text = describe(s, rows, extra)
     print(text)
-    for path in _save_pictures(rows, extra["samples"], Path(out_dir)):
-        print(f"wrote {path}")
+    for line in save_pictures(rows, extra["samples"], extra["labels"], Path(out_dir)):
+        print(line)
     return text
+
+
+__all__ = ["Settings", "QUICK", "FULL", "run", "describe", "format_rows", "save_pictures", "main"]

@@ -1,7 +1,7 @@
 """A captured plan walk: static buffers, warm-up, capture (whole or per step) and replay.
 
 Static buffers of one captured walk (allocated once, read and written by address by its graphs):
-those of :class:`ltc.executor.walk.Walk` (``xs``, ``hist``, ``first_bad``, the tables), and
+those of :class:`ltc.executor.walk.Walk` (``xs``, ``hist``, the ``"end"`` finite record, the tables), and
 
     step_t     0-d int64    the current step (per-step graphs: gathered on the device, incremented in-graph)
     kwargs     copies of the tensors in model_kwargs, nested dicts/lists too (refilled before every replay)
