@@ -17,17 +17,10 @@ import triton
 import triton.language as tl
 
 from ltc.ops import checks
-from ltc.ops.contract import Col
 
 from . import launch
-from .launch import block_offsets, history_slot, step_index
-
-_EX: tl.constexpr = tl.constexpr(int(Col.EX))
-_EXP: tl.constexpr = tl.constexpr(int(Col.EXP))
-_EH1: tl.constexpr = tl.constexpr(int(Col.EH1))
-_EH2: tl.constexpr = tl.constexpr(int(Col.EH2))
-_IN: tl.constexpr = tl.constexpr(int(Col.IN))
-_IC: tl.constexpr = tl.constexpr(int(Col.IC))
+from .launch import (COL_EH1, COL_EH2, COL_EX, COL_EXP, COL_IC, COL_IN, add_history, block_offsets, history_slot,
+                     step_index)
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -36,24 +29,17 @@ def _extrapolate_step_kernel(x_ptr, x_prev_ptr, hist_ptr, coefs_ptr, coef_row_st
                              STEP_IN_MEMORY: tl.constexpr, READS: tl.constexpr, BLOCK: tl.constexpr):
     i = step_index(step, step_ptr, STEP_IN_MEMORY)
     row = coefs_ptr + i * coef_row_stride
-    c_x = tl.load(row + _EX * coef_col_stride)
-    c_prev = tl.load(row + _EXP * coef_col_stride)
-    c_new = tl.load(row + _IN * coef_col_stride)
-    c_cur = tl.load(row + _IC * coef_col_stride)
+    c_x = tl.load(row + COL_EX * coef_col_stride)
+    c_prev = tl.load(row + COL_EXP * coef_col_stride)
+    c_new = tl.load(row + COL_IN * coef_col_stride)
+    c_cur = tl.load(row + COL_IC * coef_col_stride)
     ct = c_x.dtype
 
     offs, mask = block_offsets(n, BLOCK)
     x = tl.load(x_ptr + offs, mask=mask).to(ct)
     x_prev = tl.load(x_prev_ptr + offs, mask=mask).to(ct)
-    nxt = c_x * x + c_prev * x_prev
-    if READS >= 1:
-        c_h1 = tl.load(row + _EH1 * coef_col_stride)
-        h1 = tl.load(hist_ptr + history_slot(i, 1, H) * n + offs, mask=mask).to(ct)
-        nxt = nxt + c_h1 * h1
-    if READS >= 2:
-        c_h2 = tl.load(row + _EH2 * coef_col_stride)
-        h2 = tl.load(hist_ptr + history_slot(i, 2, H) * n + offs, mask=mask).to(ct)
-        nxt = nxt + c_h2 * h2
+    nxt = add_history(c_x * x + c_prev * x_prev, row, coef_col_stride, hist_ptr, i, n, H, offs, mask,
+                      COL_EH1, COL_EH2, READS)
     d = c_new * nxt + c_cur * x
     tl.store(hist_ptr + history_slot(i, 0, H) * n + offs, d.to(hist_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + offs, nxt.to(out_ptr.dtype.element_ty), mask=mask)

@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from ltc.ops.checks import Rules
+from ltc.ops.contract import Col
 
 VECTOR_BYTES = 16     # one 128-bit load/store per thread and access
 VECTORS_PER_THREAD = 2
@@ -69,6 +70,29 @@ def step_index(step, step_ptr, STEP_IN_MEMORY: tl.constexpr):
 def history_slot(i, back, H):
     """Slot of D_{i - back} in an H-slot ring (i >= 0, back in 0..2): ``(i - back) mod H``."""
     return (i + 2 * H - back) % H
+
+
+# The plan table's columns (ltc.ops.contract.Col) as Triton compile-time constants.
+COL_PX, COL_PM, COL_A, COL_B0, COL_B1, COL_B2, COL_NOISE, COL_G = (
+    tl.constexpr(int(c)) for c in (Col.PX, Col.PM, Col.A, Col.B0, Col.B1, Col.B2, Col.NOISE, Col.GUIDANCE))
+COL_EX, COL_EXP, COL_EH1, COL_EH2, COL_IN, COL_IC = (
+    tl.constexpr(int(c)) for c in (Col.EX, Col.EXP, Col.EH1, Col.EH2, Col.IN, Col.IC))
+
+
+@triton.jit
+def add_history(nxt, row, coef_col_stride, hist_ptr, i, n, H, offs, mask,
+                COL1: tl.constexpr, COL2: tl.constexpr, READS: tl.constexpr):
+    """``nxt + c1 D_{i-1} + c2 D_{i-2}`` for the ``READS`` past clean estimates a step reads, with
+    ``c1, c2`` from columns COL1, COL2 of the step's table row, in the dtype of ``nxt``."""
+    if READS >= 1:
+        c1 = tl.load(row + COL1 * coef_col_stride)
+        h1 = tl.load(hist_ptr + history_slot(i, 1, H) * n + offs, mask=mask).to(nxt.dtype)
+        nxt = nxt + c1 * h1
+    if READS >= 2:
+        c2 = tl.load(row + COL2 * coef_col_stride)
+        h2 = tl.load(hist_ptr + history_slot(i, 2, H) * n + offs, mask=mask).to(nxt.dtype)
+        nxt = nxt + c2 * h2
+    return nxt
 
 
 @triton.jit

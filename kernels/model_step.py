@@ -18,19 +18,10 @@ import triton
 import triton.language as tl
 
 from ltc.ops import checks
-from ltc.ops.contract import Col
 
 from . import launch
-from .launch import block_offsets, history_slot, step_index
-
-_PX: tl.constexpr = tl.constexpr(int(Col.PX))
-_PM: tl.constexpr = tl.constexpr(int(Col.PM))
-_A: tl.constexpr = tl.constexpr(int(Col.A))
-_B0: tl.constexpr = tl.constexpr(int(Col.B0))
-_B1: tl.constexpr = tl.constexpr(int(Col.B1))
-_B2: tl.constexpr = tl.constexpr(int(Col.B2))
-_NOISE: tl.constexpr = tl.constexpr(int(Col.NOISE))
-_G: tl.constexpr = tl.constexpr(int(Col.GUIDANCE))
+from .launch import (COL_A, COL_B0, COL_B1, COL_B2, COL_G, COL_NOISE, COL_PM, COL_PX, add_history, block_offsets,
+                     history_slot, step_index)
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -40,33 +31,25 @@ def _model_step_kernel(x_ptr, m_ptr, hist_ptr, coefs_ptr, coef_row_stride, coef_
                        HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
     i = step_index(step, step_ptr, STEP_IN_MEMORY)
     row = coefs_ptr + i * coef_row_stride
-    px = tl.load(row + _PX * coef_col_stride)
-    pm = tl.load(row + _PM * coef_col_stride)
-    a = tl.load(row + _A * coef_col_stride)
-    b0 = tl.load(row + _B0 * coef_col_stride)
+    px = tl.load(row + COL_PX * coef_col_stride)
+    pm = tl.load(row + COL_PM * coef_col_stride)
+    a = tl.load(row + COL_A * coef_col_stride)
+    b0 = tl.load(row + COL_B0 * coef_col_stride)
     ct = px.dtype
 
     offs, mask = block_offsets(n, BLOCK)
     x = tl.load(x_ptr + offs, mask=mask).to(ct)
     if CFG:
-        g = tl.load(row + _G * coef_col_stride)
+        g = tl.load(row + COL_G * coef_col_stride)
         m_u = tl.load(m_ptr + offs, mask=mask).to(ct)
         m_c = tl.load(m_ptr + n + offs, mask=mask).to(ct)
         m = m_u + g * (m_c - m_u)
     else:
         m = tl.load(m_ptr + offs, mask=mask).to(ct)
     d = px * x + pm * m
-    nxt = a * x + b0 * d
-    if READS >= 1:
-        b1 = tl.load(row + _B1 * coef_col_stride)
-        h1 = tl.load(hist_ptr + history_slot(i, 1, H) * n + offs, mask=mask).to(ct)
-        nxt = nxt + b1 * h1
-    if READS >= 2:
-        b2 = tl.load(row + _B2 * coef_col_stride)
-        h2 = tl.load(hist_ptr + history_slot(i, 2, H) * n + offs, mask=mask).to(ct)
-        nxt = nxt + b2 * h2
+    nxt = add_history(a * x + b0 * d, row, coef_col_stride, hist_ptr, i, n, H, offs, mask, COL_B1, COL_B2, READS)
     if HAS_NOISE:
-        c = tl.load(row + _NOISE * coef_col_stride)
+        c = tl.load(row + COL_NOISE * coef_col_stride)
         z = tl.load(noise_ptr + offs, mask=mask).to(ct)
         nxt = nxt + c * z
     tl.store(hist_ptr + history_slot(i, 0, H) * n + offs, d.to(hist_ptr.dtype.element_ty), mask=mask)
