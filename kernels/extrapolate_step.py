@@ -19,28 +19,22 @@ import triton.language as tl
 from ltc.ops import checks
 
 from . import launch
-from .launch import (COL_EH1, COL_EH2, COL_EX, COL_EXP, COL_IC, COL_IN, add_history, block_offsets, history_slot,
-                     step_index)
+from .launch import COL_EH1, COL_EH2, COL_EX, COL_EXP, COL_IC, COL_IN, add_history, history_slot, step_start
 
 
 @triton.jit(do_not_specialize=["step"])
 def _extrapolate_step_kernel(x_ptr, x_prev_ptr, hist_ptr, coefs_ptr, coef_row_stride, coef_col_stride,
                              step, step_ptr, out_ptr, n, H,
                              STEP_IN_MEMORY: tl.constexpr, READS: tl.constexpr, BLOCK: tl.constexpr):
-    i = step_index(step, step_ptr, STEP_IN_MEMORY)
-    row = coefs_ptr + i * coef_row_stride
+    i, row, offs, mask = step_start(step, step_ptr, coefs_ptr, coef_row_stride, n, STEP_IN_MEMORY, BLOCK)
     c_x = tl.load(row + COL_EX * coef_col_stride)
     c_prev = tl.load(row + COL_EXP * coef_col_stride)
-    c_new = tl.load(row + COL_IN * coef_col_stride)
-    c_cur = tl.load(row + COL_IC * coef_col_stride)
-    ct = c_x.dtype
-
-    offs, mask = block_offsets(n, BLOCK)
-    x = tl.load(x_ptr + offs, mask=mask).to(ct)
-    x_prev = tl.load(x_prev_ptr + offs, mask=mask).to(ct)
+    x = tl.load(x_ptr + offs, mask=mask).to(c_x.dtype)
+    x_prev = tl.load(x_prev_ptr + offs, mask=mask).to(c_x.dtype)
     nxt = add_history(c_x * x + c_prev * x_prev, row, coef_col_stride, hist_ptr, i, n, H, offs, mask,
                       COL_EH1, COL_EH2, READS)
-    d = c_new * nxt + c_cur * x
+    # the clean estimate the step implies: D_i = IN x_{i+1} + IC x_i
+    d = tl.load(row + COL_IN * coef_col_stride) * nxt + tl.load(row + COL_IC * coef_col_stride) * x
     tl.store(hist_ptr + history_slot(i, 0, H) * n + offs, d.to(hist_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + offs, nxt.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -67,6 +67,15 @@ def step_index(step, step_ptr, STEP_IN_MEMORY: tl.constexpr):
 
 
 @triton.jit
+def step_start(step, step_ptr, coefs_ptr, coef_row_stride, n, STEP_IN_MEMORY: tl.constexpr, BLOCK: tl.constexpr):
+    """``(i, row, offs, mask)``: the step, a pointer to its row of the table, and this program's
+    element offsets and mask."""
+    i = step_index(step, step_ptr, STEP_IN_MEMORY)
+    offs, mask = block_offsets(n, BLOCK)
+    return i, coefs_ptr + i * coef_row_stride, offs, mask
+
+
+@triton.jit
 def history_slot(i, back, H):
     """Slot of D_{i - back} in an H-slot ring (i >= 0, back in 0..2): ``(i - back) mod H``."""
     return (i + 2 * H - back) % H

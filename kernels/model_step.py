@@ -20,8 +20,8 @@ import triton.language as tl
 from ltc.ops import checks
 
 from . import launch
-from .launch import (COL_A, COL_B0, COL_B1, COL_B2, COL_G, COL_NOISE, COL_PM, COL_PX, add_history, block_offsets,
-                     history_slot, step_index)
+from .launch import (COL_A, COL_B0, COL_B1, COL_B2, COL_G, COL_NOISE, COL_PM, COL_PX, add_history, history_slot,
+                     step_start)
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -29,15 +29,12 @@ def _model_step_kernel(x_ptr, m_ptr, hist_ptr, coefs_ptr, coef_row_stride, coef_
                        step, step_ptr, out_ptr, noise_ptr, n, H,
                        STEP_IN_MEMORY: tl.constexpr, READS: tl.constexpr, CFG: tl.constexpr,
                        HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
-    i = step_index(step, step_ptr, STEP_IN_MEMORY)
-    row = coefs_ptr + i * coef_row_stride
+    i, row, offs, mask = step_start(step, step_ptr, coefs_ptr, coef_row_stride, n, STEP_IN_MEMORY, BLOCK)
     px = tl.load(row + COL_PX * coef_col_stride)
     pm = tl.load(row + COL_PM * coef_col_stride)
     a = tl.load(row + COL_A * coef_col_stride)
     b0 = tl.load(row + COL_B0 * coef_col_stride)
     ct = px.dtype
-
-    offs, mask = block_offsets(n, BLOCK)
     x = tl.load(x_ptr + offs, mask=mask).to(ct)
     if CFG:
         g = tl.load(row + COL_G * coef_col_stride)
