@@ -232,3 +232,13 @@ def test_cuda_replay_follows_replaced_weights():
         torch.testing.assert_close(ltc.sample(fn, SCHEDULE, graph=True, **run),
                                    ltc.sample(fn, SCHEDULE, graph=False, **run), rtol=1e-5, atol=1e-5)
         graphs.clear_cache()
+
+
+def test_cached_memory_is_released_once_before_each_walk_is_captured(recorded):
+    """The warm-up's cached blocks go back to the device before the first graph of a walk is
+    captured (on CUDA: gc.collect + empty_cache), once per walk, not once per per-step graph."""
+    nets = [linear(0), linear(1)]
+    with torch.no_grad():
+        draw(lambda x, t: nets[0](x), "whole")
+        draw(lambda x, t: nets[1](x), "step")
+    assert recorded.prepared == 2 and recorded.captures > 2

@@ -261,7 +261,8 @@ class RecordedGraphs:
 
     ``max_ops``: capturing more operations than this raises ``torch.OutOfMemoryError``, standing
     in for a graph too large for the device.  ``devices``: device types it accepts.
-    ``captures`` / ``warmups`` count calls and ``pools`` holds the pool of each capture (for tests).
+    ``captures`` / ``warmups`` / ``prepared`` count calls and ``pools`` holds the pool of each capture
+    (for tests).
     """
 
     name = "recorded"
@@ -269,7 +270,7 @@ class RecordedGraphs:
 
     def __init__(self, max_ops: int | None = None, devices=("cpu",)):
         self.max_ops, self.devices = max_ops, tuple(devices)
-        self.captures = self.warmups = 0
+        self.captures = self.warmups = self.prepared = 0
         self.pools: list = []
 
     def supports(self, device: torch.device) -> bool:
@@ -284,7 +285,7 @@ class RecordedGraphs:
         return object()
 
     def before_capture(self, device: torch.device) -> None:
-        pass
+        self.prepared += 1
 
     def capture(self, fn, device: torch.device, generators=(), *, pool=None) -> RecordedGraph:
         recorder = _Recorder(self.max_ops)
