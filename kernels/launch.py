@@ -11,10 +11,16 @@ semantics they implement exactly):
   read and write of that tensor); the outputs ``out`` and ``hist`` are the caller's static
   buffers and must be contiguous (``ValueError`` otherwise).
 * ``step`` is a Python int in ``[0, N)`` (checked) or a 0-d integer tensor on the device of the
-  data (read inside the kernel, so a captured CUDA graph replays any step; its range is the
-  caller's contract, as for any index read on the device).
+  data (read inside the kernel, so a captured CUDA graph replays any step); a device index outside
+  ``[0, N)`` writes NaN to every element of ``out`` and leaves ``hist`` untouched (as the CUDA
+  extension does), without reading the table.
 * ``hist`` needs more slots than the step reads (``H > reads``) so that the slot written is
-  never a slot read.
+  never a slot read; ``out`` and ``hist`` share no memory with each other or with an input, but
+  ``out`` may be ``x`` (or ``x_prev``) itself (:func:`ltc.ops.checks.separate`).
+* Vector accesses: every block but the last runs unmasked, and ``numel`` enters the kernel as
+  ``n_seg * SEG`` with ``SEG = gcd(numel, 16)`` a compile-time constant (:func:`segment`), so
+  the compiler can prove the alignment of the CFG halves and the history slots and the constancy
+  of the tail mask; 16-byte vectors wherever the data allow them, whatever ``numel % 16``.
 * CPU tensors run only in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
   imported); elsewhere all tensors must be on one CUDA device, which need not be the current
   one (:func:`on_device`).
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 
 import torch
 import triton
@@ -56,6 +63,16 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def segment(n: int) -> tuple[int, int]:
+    """``(n // seg, seg)`` with ``seg = gcd(n, 16)``: the kernels rebuild ``n = n_seg * SEG`` with
+    ``SEG`` a compile-time constant, so the compiler knows n's largest power-of-two divisor (up to
+    16) and with it the alignment of the segments at multiples of n (the CFG halves of
+    ``model_out``, the history slots) and the constancy of the tail mask.  Triton's launch only
+    specialises an integer divisible by 16; without this, any other n makes every access scalar."""
+    seg = math.gcd(n, 16)
+    return n // seg, seg
+
+
 @triton.jit
 def step_index(step, step_ptr, STEP_IN_MEMORY: tl.constexpr):
     """The step i as int64: loaded from ``step_ptr`` (graph replay) or the scalar argument."""
@@ -64,15 +81,6 @@ def step_index(step, step_ptr, STEP_IN_MEMORY: tl.constexpr):
     else:
         i = step.to(tl.int64)
     return i
-
-
-@triton.jit
-def step_start(step, step_ptr, coefs_ptr, coef_row_stride, n, STEP_IN_MEMORY: tl.constexpr, BLOCK: tl.constexpr):
-    """``(i, row, offs, mask)``: the step, a pointer to its row of the table, and this program's
-    element offsets and mask."""
-    i = step_index(step, step_ptr, STEP_IN_MEMORY)
-    offs, mask = block_offsets(n, BLOCK)
-    return i, coefs_ptr + i * coef_row_stride, offs, mask
 
 
 @triton.jit
@@ -89,26 +97,73 @@ COL_EX, COL_EXP, COL_EH1, COL_EH2, COL_IN, COL_IC = (
 
 
 @triton.jit
+def load(ptrs, mask, MASKED: tl.constexpr):
+    """``tl.load(ptrs)``, under ``mask`` only in the masked (tail) block."""
+    if MASKED:
+        v = tl.load(ptrs, mask=mask)
+    else:
+        v = tl.load(ptrs)
+    return v
+
+
+@triton.jit
+def store(ptrs, value, mask, MASKED: tl.constexpr):
+    """``tl.store(ptrs, value)`` rounded to the pointee dtype, under ``mask`` only when MASKED."""
+    if MASKED:
+        tl.store(ptrs, value.to(ptrs.dtype.element_ty), mask=mask)
+    else:
+        tl.store(ptrs, value.to(ptrs.dtype.element_ty))
+
+
+@triton.jit
 def add_history(nxt, row, coef_col_stride, hist_ptr, i, n, H, offs, mask,
-                COL1: tl.constexpr, COL2: tl.constexpr, READS: tl.constexpr):
+                COL1: tl.constexpr, COL2: tl.constexpr, READS: tl.constexpr, MASKED: tl.constexpr):
     """``nxt + c1 D_{i-1} + c2 D_{i-2}`` for the ``READS`` past clean estimates a step reads, with
     ``c1, c2`` from columns COL1, COL2 of the step's table row, in the dtype of ``nxt``."""
     if READS >= 1:
         c1 = tl.load(row + COL1 * coef_col_stride)
-        h1 = tl.load(hist_ptr + history_slot(i, 1, H) * n + offs, mask=mask).to(nxt.dtype)
+        h1 = load(hist_ptr + history_slot(i, 1, H) * n + offs, mask, MASKED).to(nxt.dtype)
         nxt = nxt + c1 * h1
     if READS >= 2:
         c2 = tl.load(row + COL2 * coef_col_stride)
-        h2 = tl.load(hist_ptr + history_slot(i, 2, H) * n + offs, mask=mask).to(nxt.dtype)
+        h2 = load(hist_ptr + history_slot(i, 2, H) * n + offs, mask, MASKED).to(nxt.dtype)
         nxt = nxt + c2 * h2
     return nxt
 
 
 @triton.jit
 def block_offsets(n, BLOCK: tl.constexpr):
-    """This program's element offsets (int64, so any size is addressable) and their mask."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    return offs, offs < n
+    """This program's element offsets (int64, so any size is addressable), their mask, and whether
+    the block lies wholly inside ``[0, n)`` (then it runs unmasked: only the last block is masked)."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    return offs, offs < n, start + BLOCK <= n
+
+
+@triton.jit
+def in_table(i, rows):
+    """Whether step i is a row of the table (a device index is the caller's; outside, the step
+    writes NaN to ``out`` and leaves ``hist`` alone, as the CUDA extension does)."""
+    return (i >= 0) & (i < rows)
+
+
+@triton.jit
+def step_start(step, step_ptr, coefs_ptr, coef_row_stride, rows, n_seg, SEG: tl.constexpr,
+               STEP_IN_MEMORY: tl.constexpr, BLOCK: tl.constexpr):
+    """``(n, i, row, offs, mask, full, valid)``: numel ``n = n_seg * SEG`` (its power-of-two divisor
+    SEG known at compile time, :func:`segment`), the step, a pointer to its table row, this
+    program's offsets and mask (:func:`block_offsets`), whether the block is full, and whether i
+    is a row of the table (:func:`in_table`)."""
+    n = n_seg * SEG
+    i = step_index(step, step_ptr, STEP_IN_MEMORY)
+    offs, mask, full = block_offsets(n, BLOCK)
+    return n, i, coefs_ptr + i * coef_row_stride, offs, mask, full, in_table(i, rows)
+
+
+@triton.jit
+def poison(out_ptr, offs, mask, BLOCK: tl.constexpr):
+    """``out = NaN`` on this block: the result of a device step index outside the table."""
+    tl.store(out_ptr + offs, tl.full([BLOCK], float("nan"), tl.float32).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def on_device(x: torch.Tensor):

@@ -4,12 +4,15 @@ imports neither triton nor the extension.
 
 One function per op of :data:`~ltc.ops.contract.OPS` -- :func:`model_step`,
 :func:`extrapolate_step`, :func:`transition_dots` -- runs the whole validation sequence of a call
-(tensors, dtypes, shapes, contiguity of the outputs, the step, reads, the cfg batch, one device)
+(tensors, dtypes, shapes, contiguity of the outputs, the step, reads, the cfg batch, one device,
+no memory shared by the outputs with each other or with the inputs but ``out`` being ``x`` or
+``x_prev`` itself)
 and returns the arguments ready for a launch: read-only inputs contiguous (a copy only when they
 are not), ``reads`` an int, ``step`` an int in ``[0, N)`` or the 0-d integer tensor as given.
 Nothing is written before every check has passed.  A backend's own conventions are its
 :class:`Rules`: whether every state tensor must share x's storage dtype (the CUDA extension) or
-each may have its own (Triton), and which devices it runs on.
+each may have its own (Triton), and which devices it runs on.  ``coefs`` is always in the
+compute dtype of x's storage.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class Rules(NamedTuple):
     """What a backend adds to the shared checks."""
 
     backend: str                                   # named in messages: "the {backend} backend ..."
-    one_dtype: bool                                # all state tensors in x's dtype, coefs in its compute dtype
+    one_dtype: bool                                # all state tensors in x's dtype
     device: Callable[[str, torch.device], None]    # (first tensor's name, the device): raises if unusable
 
 
@@ -84,8 +87,11 @@ def model_step(rules: Rules, x, model_out, hist, coefs, step, out, *, reads, cfg
     step = step_of(step, coefs)
     one_device(rules, x=x, model_out=model_out, hist=hist, coefs=coefs, out=out, noise=noise,
                step=step if isinstance(step, torch.Tensor) else None)
-    return ModelStepArgs(readable(x), readable(model_out), hist, readable(coefs), step, out, reads, cfg,
-                         None if noise is None else readable(noise))
+    a = ModelStepArgs(readable(x), readable(model_out), hist, readable(coefs), step, out, reads, cfg,
+                      None if noise is None else readable(noise))
+    separate(a.out, a.hist, x=a.x, model_out=a.model_out, coefs=a.coefs, noise=a.noise,
+             step=step if isinstance(step, torch.Tensor) else None)
+    return a
 
 
 def extrapolate_step(rules: Rules, x, x_prev, hist, coefs, step, out, *, reads) -> ExtrapolateStepArgs:
@@ -105,7 +111,10 @@ def extrapolate_step(rules: Rules, x, x_prev, hist, coefs, step, out, *, reads) 
     step = step_of(step, coefs)
     one_device(rules, x=x, x_prev=x_prev, hist=hist, coefs=coefs, out=out,
                step=step if isinstance(step, torch.Tensor) else None)
-    return ExtrapolateStepArgs(readable(x), readable(x_prev), hist, readable(coefs), step, out, reads)
+    a = ExtrapolateStepArgs(readable(x), readable(x_prev), hist, readable(coefs), step, out, reads)
+    separate(a.out, a.hist, out_may_be=("x", "x_prev"), x=a.x, x_prev=a.x_prev, coefs=a.coefs,
+             step=step if isinstance(step, torch.Tensor) else None)
+    return a
 
 
 def transition_dots(rules: Rules, x, x_prev, x_target) -> TransitionDotsArgs:
@@ -158,12 +167,13 @@ def history(rules: Rules, hist: torch.Tensor, x: torch.Tensor) -> None:
 
 
 def table(rules: Rules, coefs, x: torch.Tensor) -> torch.Tensor:
-    """The plan's ``[N, NCOLS]`` table, in float32 or float64 (a one-dtype backend: x's compute dtype)."""
+    """The plan's ``[N, NCOLS]`` table, in the compute dtype of x's storage (float64 for float64 x,
+    float32 otherwise): the dtype the kernels do their arithmetic in."""
     tensor("coefs", coefs, COEF_DTYPES)
     if coefs.dim() != 2 or coefs.shape[1] != NCOLS or coefs.shape[0] < 1:
         raise ValueError(f"coefs must be the plan's [N, {NCOLS}] table, got shape {tuple(coefs.shape)}")
     want = compute_dtype(x.dtype)
-    if rules.one_dtype and coefs.dtype != want:
+    if coefs.dtype != want:
         raise TypeError(f"coefs must have dtype {want} (the compute dtype of {x.dtype} storage), got {coefs.dtype}")
     return coefs
 
@@ -209,6 +219,33 @@ def step_of(step, coefs: torch.Tensor) -> int | torch.Tensor:
     if not 0 <= step < coefs.shape[0]:
         raise ValueError(f"step must be in [0, {coefs.shape[0]}) (rows of coefs), got {step}")
     return int(step)
+
+
+def overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the bytes of two contiguous tensors (on one device) intersect."""
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+
+
+def separate(out: torch.Tensor, hist: torch.Tensor, out_may_be=("x",), **inputs) -> None:
+    """The written tensors ``out`` and ``hist`` (contiguous) share no memory with each other or with
+    the read-only ``inputs`` (contiguous; None entries skipped) -- except that ``out`` may be the
+    very same memory as an input named in ``out_may_be`` (same start and size: every element is
+    read before it is written, by the same thread).  The checks of the CUDA extension's binding."""
+    if overlap(out, hist):
+        raise ValueError("out overlaps hist; they must be separate memory")
+    for name, t in inputs.items():
+        if t is None:
+            continue
+        if overlap(out, t):
+            same = out.data_ptr() == t.data_ptr() and out.nbytes == t.nbytes
+            if not (same and name in out_may_be):
+                raise ValueError(f"out overlaps {name}" + (" without being the very same tensor"
+                                                           if name in out_may_be else "; they must be separate memory"))
+        if overlap(hist, t):
+            raise ValueError(f"hist overlaps {name}; they must be separate memory")
 
 
 def one_device(rules: Rules, **tensors) -> torch.device:

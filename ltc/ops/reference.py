@@ -8,6 +8,13 @@ step j lives in slot ``j % H``; ``coefs``: the plan's ``[N, NCOLS]`` table in th
 integer tensor on the device (graph replay).  Arithmetic is in the compute dtype; results are
 rounded once to the storage dtype when written.  ``out`` may alias ``x`` (model step) or
 ``x_prev`` (extrapolated step).  The equations are those of :mod:`ltc.plan`.
+
+Overlap: unlike the compiled backends (:mod:`ltc.ops.checks`), the reference accepts ``out`` or
+``hist`` sharing memory with any read-only input (even ``out`` = ``x`` shifted by one element):
+every input is read into fresh temporaries before either output is written, so the result is
+exactly the specification's for the inputs as they were at the call.  It refuses only ``out``
+overlapping ``hist``, the one case without a defined result (``ValueError``; not checked while
+``torch.compile`` traces).
 """
 from __future__ import annotations
 
@@ -47,6 +54,23 @@ def _write(hist: torch.Tensor, step, value: torch.Tensor) -> None:
         hist[slot] = value.to(hist.dtype)
 
 
+def _extent(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes ``[start, end)`` spanned by ``t`` (any strides; empty for no elements)."""
+    if t.numel() == 0:
+        return 0, 0
+    start = t.data_ptr()
+    return start, start + t.element_size() * (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())))
+
+
+def _separate_outputs(out: torch.Tensor, hist: torch.Tensor) -> None:
+    """``out`` and ``hist`` span disjoint memory (two outputs of one step have no common result)."""
+    if torch.compiler.is_compiling():
+        return
+    (a0, a1), (b0, b1) = _extent(out), _extent(hist)
+    if a0 < b1 and b0 < a1:
+        raise ValueError("out overlaps hist; they must be separate memory")
+
+
 def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                step, out: torch.Tensor, *, reads: int, cfg: bool,
                noise: torch.Tensor | None = None) -> None:
@@ -57,6 +81,7 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
 
     ``reads`` (0, 1 or 2) is how many past D the step uses (solver order - 1).
     """
+    _separate_outputs(out, hist)
     row = _row(coefs, step)
     ct = coefs.dtype
     xf = x.to(ct)
@@ -84,6 +109,7 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
 
     ``reads`` (0, 1 or 2) is how many past D the extrapolation uses.
     """
+    _separate_outputs(out, hist)
     row = _row(coefs, step)
     ct = coefs.dtype
     xf = x.to(ct)

@@ -121,15 +121,57 @@ def test_extrapolate_step_rejects_bad_arguments_before_any_work(checked):
         (dict(reads=-1), ValueError, "reads must be 0, 1 or 2"),
         (dict(step=N_ROWS + 3), ValueError, "step must be in"),
         (dict(step=True), TypeError, "step must be an int"),
+        (dict(coefs=coefs.double()), TypeError, r"coefs must have dtype torch.float32 \(the compute dtype"),
+        (dict(x=x.half(), x_prev=x_prev.half(), coefs=coefs.double()), TypeError,
+         "coefs must have dtype torch.float32"),
     ]
     if checked.__name__ == "ltc.ops.cuda":
         bad += [(dict(), ValueError, "needs CUDA tensors")]
+    else:  # the extension checks the device first: its overlaps in test_extrapolate_step_rejects_overlaps_on_cuda
+        bad += overlapping_extrapolate_step_args(base)
     for change, error, match in bad:
         args = {**base, **change}
         hist_before = args["hist"].clone()
         with pytest.raises(error, match=match):
             checked.extrapolate_step(**args)
         assert same_bits(args["hist"], hist_before)
+
+
+def overlapping_extrapolate_step_args(base):
+    """Outputs sharing memory with an input or with each other (the CUDA binding's checks, shared):
+    ``out`` may be ``x`` or ``x_prev`` itself, nothing else."""
+    x, x_prev, hist = base["x"], base["x_prev"], base["hist"]
+    buffer = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+    shifted_prev, shifted_out = buffer[:-1].view(x.shape), buffer[1:].view(x.shape)  # out one element after x_prev
+    shifted_prev.copy_(x_prev)
+    read_slot = (base["step"] - 1) % hist.shape[0]
+    written_slot = base["step"] % hist.shape[0]
+    out_as_step = torch.empty_like(x)
+    return [
+        (dict(x_prev=shifted_prev, out=shifted_out), ValueError,
+         "out overlaps x_prev without being the very same tensor"),
+        (dict(x=shifted_prev, out=shifted_out), ValueError, "out overlaps x without being the very same tensor"),
+        (dict(out=hist[read_slot]), ValueError, "out overlaps hist; they must be separate memory"),
+        (dict(x_prev=hist[written_slot]), ValueError, "hist overlaps x_prev"),
+        (dict(x=hist[read_slot]), ValueError, "hist overlaps x"),
+        (dict(coefs=hist.view(-1)[:base["coefs"].numel()].view(base["coefs"].shape)), ValueError,
+         "hist overlaps coefs"),
+        (dict(out=out_as_step, step=out_as_step.view(torch.int32).flatten()[0]), ValueError, "out overlaps step"),
+    ]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["triton", "cuda"])
+def test_extrapolate_step_rejects_overlaps_on_cuda(name):
+    backend = cases.backend(name)
+    if backend.device != "cuda":
+        pytest.skip("triton runs in its CPU interpreter here")
+    x, x_prev, hist, coefs = extrapolate_inputs((3, 8, 5), torch.float32, "cuda", generator("overlap"), step=2,
+                                                reads=2)
+    base = dict(x=x, x_prev=x_prev, hist=hist, coefs=coefs, step=2, out=torch.empty_like(x), reads=2)
+    for change, error, match in overlapping_extrapolate_step_args(base):
+        with pytest.raises(error, match=match):
+            backend.module.extrapolate_step(**{**base, **change})
 
 
 # ---------------------------------------------------------------- the extension only
@@ -147,12 +189,18 @@ def test_extension_extrapolate_step_equals_the_reference_bit_for_bit():
         assert same_bits(out, ref_out) and same_bits(got_hist, ref_hist), dtype
 
 
-@pytest.mark.gpu
-def test_extension_device_step_outside_the_table_poisons_out_and_keeps_history():
-    ext = cases.backend("cuda").module
-    x, x_prev, hist, coefs = extrapolate_inputs((2, 64), torch.float32, "cuda", generator("oob"), step=1, reads=1)
-    for bad in (N_ROWS, -1):
-        for dtype in (torch.int64, torch.int32):
-            out, h = torch.zeros_like(x), hist.clone()
-            ext.extrapolate_step(x, x_prev, h, coefs, torch.tensor(bad, device="cuda", dtype=dtype), out, reads=1)
-            assert torch.isnan(out).all() and same_bits(h, hist)
+@pytest.mark.parametrize("name", [pytest.param("triton", marks=cases.needs_triton),
+                                  pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_device_step_outside_the_table_poisons_out_and_keeps_history(name):
+    """Out of ``[0, N)`` a device index makes the compiled backends write NaN to every element of
+    out (full blocks and the tail) and leave the history alone, in every storage dtype."""
+    backend = cases.backend(name)
+    for dtype in STORAGE:
+        x, x_prev, hist, coefs = extrapolate_inputs((2, 1500), dtype, backend.device, generator("oob", dtype),
+                                                    step=1, reads=2)
+        for bad in (N_ROWS, -1):
+            for step_dtype in (torch.int64, torch.int32):
+                out, h = torch.zeros_like(x), hist.clone()
+                step = torch.tensor(bad, device=backend.device, dtype=step_dtype)
+                backend.module.extrapolate_step(x, x_prev, h, coefs, step, out, reads=2)
+                assert torch.isnan(out).all() and same_bits(h, hist), (dtype, bad, step_dtype)

@@ -143,11 +143,37 @@ def bad_model_step_args(gen, device, one_dtype):
         (dict(step=True), TypeError, "step must be an int"),
         (dict(step=torch.tensor(1.0, device=device)), TypeError, "0-d integer tensor"),
         (dict(step=torch.tensor([1], device=device)), TypeError, "0-d integer tensor"),
+        (dict(coefs=coefs.double()), TypeError, r"coefs must have dtype torch.float32 \(the compute dtype"),
+        (dict(x=x.half(), model_out=m.half(), coefs=coefs.double()), TypeError,
+         "coefs must have dtype torch.float32"),
     ]
-    if one_dtype:  # the extension: one storage dtype, coefs in its compute dtype
-        bad += [(dict(model_out=m.double()), TypeError, "model_out has dtype torch.float64 but x has torch.float32"),
-                (dict(coefs=coefs.double()), TypeError, "coefs must have dtype torch.float32")]
+    if device != "cpu" or not one_dtype:  # the extension checks the device before the overlaps
+        bad += overlapping_model_step_args(base)
+    if one_dtype:  # the extension: one storage dtype
+        bad += [(dict(model_out=m.double()), TypeError, "model_out has dtype torch.float64 but x has torch.float32")]
     return base, bad
+
+
+def overlapping_model_step_args(base):
+    """Outputs sharing memory with an input or with each other (the CUDA binding's checks, shared):
+    ``out`` may be ``x`` itself, nothing else."""
+    x, m, hist, z, coefs = base["x"], base["model_out"], base["hist"], base["noise"], base["coefs"]
+    buffer = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+    shifted_x, shifted_out = buffer[1:].view(x.shape), buffer[:-1].view(x.shape)  # out one element before x
+    shifted_x.copy_(x)
+    read_slot = (base["step"] - 1) % hist.shape[0]
+    out_as_step = torch.empty_like(x)
+    return [
+        (dict(x=shifted_x, out=shifted_out), ValueError, "out overlaps x without being the very same tensor"),
+        (dict(out=hist[read_slot]), ValueError, "out overlaps hist; they must be separate memory"),
+        (dict(out=m[:x.shape[0]]), ValueError, "out overlaps model_out; they must be separate memory"),
+        (dict(out=z), ValueError, "out overlaps noise"),
+        (dict(noise=hist[2]), ValueError, "hist overlaps noise"),
+        (dict(x=hist[2].clone(), out=hist[2]), ValueError, "out overlaps hist"),
+        (dict(x=hist[2]), ValueError, "hist overlaps x"),
+        (dict(model_out=hist.view(-1)[:m.numel()].view(m.shape)), ValueError, "hist overlaps model_out"),
+        (dict(out=out_as_step, step=out_as_step.view(torch.int32).flatten()[0]), ValueError, "out overlaps step"),
+    ]
 
 
 def test_model_step_rejects_bad_arguments_before_any_work(checked):
@@ -185,6 +211,38 @@ def test_model_step_rejects_bad_cuda_arguments(name):
             backend.module.model_step(**{**base, **change})
 
 
+def test_out_overlapping_the_history_is_refused_by_every_backend(backend):
+    """``out`` inside ``hist`` (a slot the step reads, or the one it writes) has no defined result:
+    every backend, the reference included, raises before writing anything."""
+    x, m, hist, coefs, z = model_inputs((2, 5), torch.float32, backend.device, generator("out in hist"), step=4,
+                                        reads=2, cfg=False, noise=True)
+    for slot in ((4 - 1) % cases.H, 4 % cases.H):
+        h = hist.clone()
+        with pytest.raises(ValueError, match="out overlaps hist; they must be separate memory"):
+            backend.module.model_step(x, m, h, coefs, 4, h[slot], reads=2, cfg=False, noise=z)
+        assert same_bits(h, hist)
+
+
+def test_reference_is_exact_with_out_overlapping_its_inputs():
+    """The reference reads every input before it writes: ``out`` shifted one element from ``x``,
+    inside ``model_out`` or inside ``noise`` still gets the specification of the inputs as given."""
+    for where in ("x", "model_out", "noise"):
+        x, m, hist, coefs, z = model_inputs((2, 5), torch.float32, "cpu", generator("reference overlap", where),
+                                            step=4, reads=2, cfg=True, noise=True)
+        buffer = torch.cat([(x if where == "x" else z).flatten(), torch.zeros(1)])  # the input, then a spare
+        shifted_input, out = buffer[:-1].view(x.shape), buffer[1:].view(x.shape)    # out one element later
+        if where == "x":
+            x = shifted_input
+        elif where == "noise":
+            z = shifted_input
+        else:
+            out = m[1:3]  # across the unconditional and conditional halves
+        want, mag, d, d_mag = cases.spec_model_step(x, m, hist, coefs, 4, reads=2, cfg=True, noise=z)
+        reference.model_step(x, m, hist, coefs, 4, out, reads=2, cfg=True, noise=z)
+        cases.assert_matches(out, want, mag, torch.float32, f"out overlapping {where}")
+        cases.assert_matches(hist[4 % cases.H], d, d_mag, torch.float32, f"hist, out overlapping {where}")
+
+
 # ---------------------------------------------------------------- the extension only
 
 @pytest.mark.gpu
@@ -200,15 +258,20 @@ def test_extension_model_step_equals_the_reference_bit_for_bit():
         assert same_bits(out, ref_out) and same_bits(got_hist, ref_hist), dtype
 
 
-@pytest.mark.gpu
-def test_extension_device_step_outside_the_table_poisons_out_and_keeps_history():
-    """A device index is read in the kernel: out of ``[0, N)`` the extension writes NaN to out and
-    leaves the history alone (for Triton the range is the caller's contract)."""
-    ext = cases.backend("cuda").module
-    x, m, hist, coefs, _ = model_inputs((2, 64), torch.float32, "cuda", generator("oob"), step=1, reads=1,
-                                        cfg=False, noise=False)
-    for bad in (N_ROWS, -1):
-        for dtype in (torch.int64, torch.int32):
-            out, h = torch.zeros_like(x), hist.clone()
-            ext.model_step(x, m, h, coefs, torch.tensor(bad, device="cuda", dtype=dtype), out, reads=1, cfg=False)
-            assert torch.isnan(out).all() and same_bits(h, hist)
+@pytest.mark.parametrize("name", [pytest.param("triton", marks=cases.needs_triton),
+                                  pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_device_step_outside_the_table_poisons_out_and_keeps_history(name):
+    """A device index is read in the kernel: out of ``[0, N)`` the compiled backends write NaN to
+    every element of out (full blocks and the tail) and leave the history alone, in every storage
+    dtype, with and without guidance."""
+    backend = cases.backend(name)
+    for dtype in STORAGE:
+        for cfg in (False, True):
+            x, m, hist, coefs, z = model_inputs((2, 1500), dtype, backend.device, generator("oob", dtype), step=1,
+                                                reads=2, cfg=cfg, noise=True)
+            for bad in (N_ROWS, -1):
+                for step_dtype in (torch.int64, torch.int32):
+                    out, h = torch.zeros_like(x), hist.clone()
+                    step = torch.tensor(bad, device=backend.device, dtype=step_dtype)
+                    backend.module.model_step(x, m, h, coefs, step, out, reads=2, cfg=cfg, noise=z)
+                    assert torch.isnan(out).all() and same_bits(h, hist), (dtype, cfg, bad, step_dtype)
