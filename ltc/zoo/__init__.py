@@ -22,5 +22,5 @@ from .data import data_digest, digits, raw_digits, to_model_space
 from .loader import CALIBRATIONS_DIR, WEIGHTS_DIR, info, load, load_classifier, names, schedule
 from .nets import NULL_CLASS
 
-__all__ = ["load", "load_classifier", "names", "schedule", "info", "digits", "raw_digits",
+__all__ = ["WEIGHTS_DIR", "CALIBRATIONS_DIR", "load", "load_classifier", "names", "schedule", "info", "digits", "raw_digits",
            "to_model_space", "data_digest", "metrics", "oracles", "NULL_CLASS"]

@@ -315,6 +315,41 @@ def _unchanged(before: dict, after: dict) -> None:
         assert same_bits(after[name], t), f"the op wrote into its read-only input {name}"
 
 
+def assert_refused_before_any_write(op, base: dict, bad: list) -> None:
+    """For each ``(change, error, match)`` of ``bad``: ``op(**{**base, **change})`` raises ``error``
+    matching ``match`` and leaves ``hist`` as it was."""
+    for change, error, match in bad:
+        args = {**base, **change}
+        hist_before = args["hist"].clone()
+        with pytest.raises(error, match=match):
+            op(**args)
+        assert same_bits(args["hist"], hist_before), change
+
+
+def cuda_backend_or_skip(name: str) -> "Backend":
+    """The backend ``name`` on a CUDA device (GPU tests), or a skip where it runs elsewhere."""
+    backend_ = backend(name)
+    if backend_.device != "cuda":
+        pytest.skip(f"{name} runs in its CPU interpreter here")
+    return backend_
+
+
+def assert_device_step_gives_the_host_bits(device, gen, like: torch.Tensor, call) -> None:
+    """For every row of the table and every ``reads``: ``call(step, hist, out, reads)`` with a host
+    int step and with a 0-d device tensor step writes the same bits into ``out`` and ``hist``."""
+    for step in range(N_ROWS):
+        for reads in (0, 1, 2):
+            hist = history(tuple(like.shape), like.dtype, device, gen, step, reads)
+            results = []
+            for s in (step, torch.tensor(step, device=device)):
+                h, out = hist.clone(), nan_like(like)
+                call(s, h, out, reads)
+                results.append((out, h))
+            (out_int, h_int), (out_dev, h_dev) = results
+            assert not out_int.isnan().any() and not h_int[step % H].isnan().any()
+            assert same_bits(out_int, out_dev) and same_bits(h_int, h_dev), (step, reads)
+
+
 def run_model_step(module, x, model_out, hist, coefs, step, *, reads, cfg, noise=None, alias=None):
     """``module.model_step`` on these inputs (``alias="x"``: x's buffer is also ``out``), checked
     against the specification; returns ``(out, hist)``."""

@@ -48,17 +48,9 @@ def test_extrapolate_step_reads_the_same_step_from_a_device_tensor(backend):
     """Every row of the table and every reads: a device step index gives the host index's bits."""
     device, gen = backend.device, generator("extrapolate_step device step")
     x, x_prev, _, coefs = extrapolate_inputs((3, 5), torch.float32, device, gen, step=0, reads=0)
-    for step in range(N_ROWS):
-        for reads in (0, 1, 2):
-            hist = history((3, 5), torch.float32, device, gen, step, reads)
-            results = []
-            for s in (step, torch.tensor(step, device=device)):
-                h, out = hist.clone(), nan_like(x)
-                backend.module.extrapolate_step(x, x_prev, h, coefs, s, out, reads=reads)
-                results.append((out, h))
-            (out_int, h_int), (out_dev, h_dev) = results
-            assert not out_int.isnan().any() and not h_int[step % cases.H].isnan().any()
-            assert same_bits(out_int, out_dev) and same_bits(h_int, h_dev), (step, reads)
+    cases.assert_device_step_gives_the_host_bits(
+        device, gen, x, lambda s, h, out, reads: backend.module.extrapolate_step(x, x_prev, h, coefs, s, out,
+                                                                                reads=reads))
 
 
 class EveryOther(Policy):
@@ -129,12 +121,7 @@ def test_extrapolate_step_rejects_bad_arguments_before_any_work(checked):
         bad += [(dict(), ValueError, "needs CUDA tensors")]
     else:  # the extension checks the device first: its overlaps in test_extrapolate_step_rejects_overlaps_on_cuda
         bad += overlapping_extrapolate_step_args(base)
-    for change, error, match in bad:
-        args = {**base, **change}
-        hist_before = args["hist"].clone()
-        with pytest.raises(error, match=match):
-            checked.extrapolate_step(**args)
-        assert same_bits(args["hist"], hist_before)
+    cases.assert_refused_before_any_write(checked.extrapolate_step, base, bad)
 
 
 def overlapping_extrapolate_step_args(base):
@@ -163,9 +150,7 @@ def overlapping_extrapolate_step_args(base):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["triton", "cuda"])
 def test_extrapolate_step_rejects_overlaps_on_cuda(name):
-    backend = cases.backend(name)
-    if backend.device != "cuda":
-        pytest.skip("triton runs in its CPU interpreter here")
+    backend = cases.cuda_backend_or_skip(name)
     x, x_prev, hist, coefs = extrapolate_inputs((3, 8, 5), torch.float32, "cuda", generator("overlap"), step=2,
                                                 reads=2)
     base = dict(x=x, x_prev=x_prev, hist=hist, coefs=coefs, step=2, out=torch.empty_like(x), reads=2)

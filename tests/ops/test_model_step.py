@@ -49,17 +49,9 @@ def test_model_step_reads_the_same_step_from_a_device_tensor(backend):
     """Every row of the table and every reads: a device step index gives the host index's bits."""
     device, gen = backend.device, generator("model_step device step")
     x, m, _, coefs, z = model_inputs((3, 5), torch.float32, device, gen, step=0, reads=0, cfg=True, noise=True)
-    for step in range(N_ROWS):
-        for reads in (0, 1, 2):
-            hist = history((3, 5), torch.float32, device, gen, step, reads)
-            results = []
-            for s in (step, torch.tensor(step, device=device)):
-                h, out = hist.clone(), nan_like(x)
-                backend.module.model_step(x, m, h, coefs, s, out, reads=reads, cfg=True, noise=z)
-                results.append((out, h))
-            (out_int, h_int), (out_dev, h_dev) = results
-            assert not out_int.isnan().any() and not h_int[step % cases.H].isnan().any()
-            assert same_bits(out_int, out_dev) and same_bits(h_int, h_dev), (step, reads)
+    cases.assert_device_step_gives_the_host_bits(
+        device, gen, x, lambda s, h, out, reads: backend.module.model_step(x, m, h, coefs, s, out, reads=reads,
+                                                                          cfg=True, noise=z))
 
 
 PLAN_CASES = [  # (schedule, sampler, prediction)
@@ -157,7 +149,7 @@ def bad_model_step_args(gen, device, one_dtype):
 def overlapping_model_step_args(base):
     """Outputs sharing memory with an input or with each other (the CUDA binding's checks, shared):
     ``out`` may be ``x`` itself, nothing else."""
-    x, m, hist, z, coefs = base["x"], base["model_out"], base["hist"], base["noise"], base["coefs"]
+    x, m, hist, z = base["x"], base["model_out"], base["hist"], base["noise"]
     buffer = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
     shifted_x, shifted_out = buffer[1:].view(x.shape), buffer[:-1].view(x.shape)  # out one element before x
     shifted_x.copy_(x)
@@ -180,12 +172,7 @@ def test_model_step_rejects_bad_arguments_before_any_work(checked):
     """CPU tensors: the checks run before the device is needed, and nothing is written."""
     cuda_ext = checked.__name__ == "ltc.ops.cuda"
     base, bad = bad_model_step_args(generator("bad model_step"), "cpu", one_dtype=cuda_ext)
-    for change, error, match in bad:
-        args = {**base, **change}
-        hist_before = args["hist"].clone()
-        with pytest.raises(error, match=match):
-            checked.model_step(**args)
-        assert same_bits(args["hist"], hist_before)
+    cases.assert_refused_before_any_write(checked.model_step, base, bad)
     if cuda_ext:
         with pytest.raises(ValueError, match="the cuda backend needs CUDA tensors, got x on cpu"):
             checked.model_step(**base)
@@ -198,9 +185,7 @@ def test_model_step_rejects_bad_arguments_before_any_work(checked):
 @pytest.mark.parametrize("name", ["triton", "cuda"])
 def test_model_step_rejects_bad_cuda_arguments(name):
     """The same checks on CUDA tensors, and tensors on two devices."""
-    backend = cases.backend(name)
-    if backend.device != "cuda":
-        pytest.skip("triton runs in its CPU interpreter here")
+    backend = cases.cuda_backend_or_skip(name)
     base, bad = bad_model_step_args(generator("bad cuda model_step"), "cuda", one_dtype=name == "cuda")
     for change, error, match in bad:
         with pytest.raises(error, match=match):
