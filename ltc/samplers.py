@@ -123,20 +123,36 @@ class DPMSolverPP(Sampler):
         D1_0 = (D_i - D_{i-1}) / r0,  D1_1 = (D_{i-1} - D_{i-2}) / r1,
         D1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1),  D2 = (D1_0 - D1_1) / (r0 + r1).
 
-    The order at step i is min(order, i + 1) (warm-up); with ``lower_order_final`` also
-    min(., N - i), so the last steps fall back to lower order as in DPM-Solver and diffusers
-    (for few steps).  A step that ends at sigma = 0 (h = inf) is always first order.
+    Orders follow diffusers' ``DPMSolverMultistepScheduler``: at step i min(order, i + 1)
+    (warm-up); with ``lower_order_final`` and fewer than ``lower_order_below`` steps (diffusers:
+    15) also min(., N - i), so the last steps fall back to lower order; ``euler_at_final`` makes
+    the last step first order at any N.  A step that ends at sigma = 0 (h = inf) is always first
+    order (diffusers' ``final_sigmas_type="zero"``, k-diffusion's rule).  ``lower_order_below=None``
+    lowers the final orders at every N.
     """
 
-    def __init__(self, order: int = 2, lower_order_final: bool = True):
+    grid_rule = "dpm_solver"
+
+    def __init__(self, order: int = 2, lower_order_final: bool = True, *, euler_at_final: bool = False,
+                 lower_order_below: int | None = 15):
         if not is_integer(order) or order not in (1, 2, 3):
             raise ValueError(f"order must be the int 1, 2 or 3, got {order!r}")
         self.order = int(order)
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
+        self.euler_at_final = check_bool("euler_at_final", euler_at_final)
+        if lower_order_below is not None and (not is_integer(lower_order_below) or lower_order_below < 1):
+            raise ValueError(f"lower_order_below must be an int >= 1 (the step count below which the final steps "
+                             f"lower their order) or None (at every step count), got {lower_order_below!r}")
+        self.lower_order_below = None if lower_order_below is None else int(lower_order_below)
         self.name = f"dpmpp_{order}m"
 
     def config(self) -> dict:
-        return {"name": self.name, "order": self.order, "lower_order_final": self.lower_order_final}
+        return {"name": self.name, "order": self.order, "lower_order_final": self.lower_order_final,
+                "euler_at_final": self.euler_at_final, "lower_order_below": self.lower_order_below}
+
+    def lowers_final(self, N: int) -> bool:
+        """Whether the last steps of an N-step grid lower their order (diffusers' rule)."""
+        return self.lower_order_final and (self.lower_order_below is None or N < self.lower_order_below)
 
     def table(self, grid: Grid) -> SolverTable:
         N = grid.steps
@@ -154,8 +170,10 @@ class DPMSolverPP(Sampler):
     def _combination(self, i: int, N: int, lam: np.ndarray) -> tuple[int, np.ndarray]:
         """Order of step i and the weights of (D_i, D_{i-1}, D_{i-2}), divided by alpha'."""
         order = min(self.order, i + 1)
-        if self.lower_order_final:
+        if self.lowers_final(N):
             order = min(order, N - i)
+        if self.euler_at_final and i == N - 1:
+            order = 1
         h = lam[i + 1] - lam[i]
         if not np.isfinite(h):
             order, phi1 = 1, -1.0

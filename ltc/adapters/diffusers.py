@@ -34,8 +34,7 @@ diffusers quirks (where its numbers are not a plain grid, and what ltc does):
 * DPM-Solver multistep: the last step is first order if ``euler_at_final``, or
   ``lower_order_final`` and fewer than 15 steps, or ``final_sigmas_type="zero"``; the one before
   is at most second order if ``lower_order_final`` and fewer than 15 steps.  Mapped onto
-  :class:`ltc.samplers.DPMSolverPP`'s ``lower_order_final``; the one combination it cannot express
-  (third order with ``euler_at_final`` and no second-order penultimate step) is refused.  Its
+  :class:`ltc.samplers.DPMSolverPP`'s ``lower_order_final`` and ``euler_at_final``.  Its
   ``linspace``/``leading`` spacings take N of N + 1 points (unlike DDIM's).
 * FlowMatchEuler shifts ``sigma_min`` twice (once in ``__init__``, once in ``set_timesteps``):
   the grid is read from the scheduler, so this is reproduced as is.
@@ -201,19 +200,11 @@ def sampler_from_diffusers(scheduler_or_config, steps: int, *, eta: float = 0.0)
 
 
 def _dpm_solver(config, N: int) -> DPMSolverPP:
-    """diffusers' rules for the last two steps, as DPMSolverPP(order, lower_order_final)."""
-    order = int(config.solver_order)
-    few = bool(config.lower_order_final) and N < 15
-    last_first = bool(config.euler_at_final) or few or config.final_sigmas_type == "zero"
-    if order <= 2:  # only the last step can drop an order
-        return DPMSolverPP(order, lower_order_final=last_first)
-    if few:
-        return DPMSolverPP(order, lower_order_final=True)
-    if last_first and config.final_sigmas_type != "zero":
-        raise ValueError("DPMSolverMultistepScheduler(solver_order=3, euler_at_final=True) with a third-order "
-                         "penultimate step is not expressible as ltc's DPMSolverPP; use final_sigmas_type='zero' "
-                         "or lower_order_final=True with fewer than 15 steps")
-    return DPMSolverPP(order, lower_order_final=False)  # an end at sigma = 0 is first order by itself
+    """diffusers' order rules, which :class:`ltc.samplers.DPMSolverPP` follows by its defaults: lower
+    final orders below 15 steps with ``lower_order_final``, a first-order last step with
+    ``euler_at_final`` or an end at sigma = 0."""
+    return DPMSolverPP(int(config.solver_order), lower_order_final=bool(config.lower_order_final),
+                       euler_at_final=bool(config.euler_at_final))
 
 
 class _DiffusersModel:
