@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import write_result  # noqa: E402
 
 from ltc import ops  # noqa: E402
-from ltc.ops.contract import OPS  # noqa: E402
-from ltc.plan import NCOLS, compile_plan  # noqa: E402
+from ltc.ops.contract import EXTRAPOLATION_COLS, HISTORY_SLOTS, OPS  # noqa: E402
+from ltc.plan import compile_plan  # noqa: E402
 from ltc.policies import Full  # noqa: E402
 from ltc.samplers import get_sampler  # noqa: E402
 from ltc.schedule import Schedule  # noqa: E402
@@ -52,7 +52,8 @@ def coefficient_table(device):
     plan = compile_plan(schedule.discretize(20), get_sampler("dpmpp_2m"), Full(), ["eps"], 7.5)
     assert plan.history_reads[STEP] == 1 and plan.cfg
     table = plan.coefficients(torch.float32, device).clone()
-    table[:, 8:NCOLS] = torch.rand((table.shape[0], NCOLS - 8), generator=torch.Generator().manual_seed(0)).to(device)
+    cols = list(EXTRAPOLATION_COLS)
+    table[:, cols] = torch.rand((table.shape[0], len(cols)), generator=torch.Generator().manual_seed(0)).to(device)
     return table
 
 
@@ -64,7 +65,7 @@ class Buffers:
         def randn(*shape):
             return torch.randn(shape, generator=g, device=device, dtype=dtype)
         self.x, self.x_prev, self.m = randn(1, n), randn(1, n), randn(2, n)
-        self.hist, self.out = randn(3, 1, n), torch.empty((1, n), device=device, dtype=dtype)
+        self.hist, self.out = randn(HISTORY_SLOTS, 1, n), torch.empty((1, n), device=device, dtype=dtype)
 
     @property
     def nbytes(self):

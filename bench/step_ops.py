@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import machine_info, write_result  # noqa: E402
 
 from ltc.ops import reference as ops_reference  # noqa: E402
-from ltc.ops.contract import EXTRAPOLATION_COLS, OPS  # noqa: E402
+from ltc.ops.contract import EXTRAPOLATION_COLS, HISTORY_SLOTS, OPS  # noqa: E402
 from ltc.plan import compile_plan  # noqa: E402
 from ltc.policies import Full  # noqa: E402
 from ltc.samplers import get_sampler  # noqa: E402
@@ -97,7 +97,7 @@ class StepBuffers:
             self.x_target = randn(1, n)
             self.tensors.append(self.x_target)
         else:
-            self.hist = randn(3, 1, n)
+            self.hist = randn(HISTORY_SLOTS, 1, n)
             self.out = torch.empty_like(self.x)
             self.tensors += [self.hist, self.out]
 

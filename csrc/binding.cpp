@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -98,9 +99,14 @@ ltc_cuda::StepIndex check_step(const std::optional<Tensor>& step_tensor, int64_t
   return {s.data_ptr(), s.scalar_type() == at::kInt, 0};
 }
 
-// reads past clean estimates; the written slot must not be one of them (H > reads).
-void check_reads(int64_t reads, const Tensor& hist) {
-  TORCH_CHECK_VALUE(reads >= 0 && reads <= 2, "reads must be 0, 1 or 2, got ", reads);
+// reads past clean estimates, 0 to `most` (the op's maximum); the written slot must not be one of
+// them (H > reads).  The message is ltc/ops/checks.py's: "reads must be 0, 1 or 2, got 5".
+void check_reads(int64_t reads, int most, const Tensor& hist) {
+  if (reads < 0 || reads > most) {
+    std::string allowed;
+    for (int r = 0; r < most; ++r) allowed += std::to_string(r) + (r + 1 < most ? ", " : "");
+    TORCH_CHECK_VALUE(false, "reads must be ", allowed, " or ", most, ", got ", reads);
+  }
   TORCH_CHECK_VALUE(hist.size(0) > reads, "hist has ", hist.size(0), " slot(s) but the step reads ", reads,
                     " past clean estimate(s): need at least ", reads + 1, " slots");
 }
@@ -147,7 +153,7 @@ void model_step(const Tensor& x, const Tensor& model_out, const Tensor& hist, co
   const ltc_cuda::StepIndex index = check_step(step_tensor, step, table, x);
   check_like_x(out, "out", x);
   if (noise.has_value()) check_like_x(*noise, "noise", x);
-  check_reads(reads, hist);
+  check_reads(reads, ltc_cuda::kMaxModelStepReads, hist);
   check_written(out, "out", x, "x", true);
   check_written(out, "out", model_out, "model_out", false);
   check_written(out, "out", hist, "hist", false);
@@ -188,7 +194,7 @@ void extrapolate_step(const Tensor& x, const Tensor& x_prev, const Tensor& hist,
   const ltc_cuda::CoefTable table = check_coefs(coefs, x);
   const ltc_cuda::StepIndex index = check_step(step_tensor, step, table, x);
   check_like_x(out, "out", x);
-  check_reads(reads, hist);
+  check_reads(reads, ltc_cuda::kMaxExtrapolateStepReads, hist);
   check_written(out, "out", x, "x", true);
   check_written(out, "out", x_prev, "x_prev", true);
   check_written(out, "out", hist, "hist", false);

@@ -1,5 +1,6 @@
 // Shared device helpers of the step kernels: storage <-> compute conversion, 16-byte vector
-// loads/stores, the in-kernel step index and history slot, and the grid size of a grid-stride loop.
+// loads/stores, the in-kernel step index and history slot, and the grid size of a grid-stride loop
+// (one wave of resident blocks, from the occupancy calculator).
 #pragma once
 
 #include <atomic>
@@ -109,31 +110,40 @@ __device__ __forceinline__ int64_t grid_threads() {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-// Multiprocessors of the current device, cached per device (the query runs once per device, so a
-// launch inside CUDA graph capture makes no device query).
-inline cudaError_t multiprocessors(int& sms) {
+// Blocks of `Kernel` (kThreads threads each, no dynamic shared memory) resident on the whole
+// current device at once: multiprocessors x the occupancy calculator's blocks per multiprocessor,
+// which accounts for the kernel's registers and shared memory (ptxas gives the step kernels 33-50
+// registers, so fewer than 2048 / kThreads blocks fit an SM).  Cached per kernel and device: the
+// queries run once, never inside a CUDA graph capture after the first launch.
+template <auto Kernel>
+cudaError_t resident_blocks(int& blocks) {
   constexpr int kMaxDevices = 128;
   static std::atomic<int> cache[kMaxDevices] = {};
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
-  sms = cache[device].load(std::memory_order_relaxed);
-  if (sms > 0) return cudaSuccess;
+  blocks = cache[device].load(std::memory_order_relaxed);
+  if (blocks > 0) return cudaSuccess;
+  int sms = 0, per_sm = 0;
   err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) cache[device].store(sms, std::memory_order_relaxed);
-  return err;
+  if (err != cudaSuccess) return err;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, kThreads, 0);
+  if (err != cudaSuccess) return err;
+  blocks = sms * (per_sm > 0 ? per_sm : 1);
+  cache[device].store(blocks, std::memory_order_relaxed);
+  return cudaSuccess;
 }
 
-// Blocks of a grid-stride loop over `work` items of one thread each: enough to fill every SM
-// (8 resident blocks of kThreads), never more than the work needs.
-inline cudaError_t grid_blocks(int64_t work, int& blocks) {
-  int sms = 0;
-  const cudaError_t err = multiprocessors(sms);
+// Blocks of a grid-stride loop of `Kernel` over `work` items of one thread each: one full wave
+// (every block resident at once, resident_blocks), never more than the work needs.
+template <auto Kernel>
+cudaError_t grid_blocks(int64_t work, int& blocks) {
+  int resident = 0;
+  const cudaError_t err = resident_blocks<Kernel>(resident);
   if (err != cudaSuccess) return err;
   const int64_t needed = (work + kThreads - 1) / kThreads;
-  const int64_t cap = static_cast<int64_t>(sms) * 8;
-  blocks = static_cast<int>(needed < 1 ? 1 : (needed < cap ? needed : cap));
+  blocks = static_cast<int>(needed < 1 ? 1 : (needed < resident ? needed : resident));
   return cudaSuccess;
 }
 

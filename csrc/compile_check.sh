@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Compile check of csrc/ without a GPU (CI):
 #   1. every .cu with nvcc for sm_90 (-c, warnings are errors, torch's half/bf16 no-conversion
-#      defines), so syntax and type errors in the kernels are caught;
+#      defines), so syntax and type errors in the kernels are caught; ptxas -v prints
+#      "registers: <n> <kernel>" per kernel, and a register spill fails the check;
 #   2. the torch binding (.cpp) with the host compiler against torch's headers, when torch is
 #      importable.  A CPU torch wheel ships c10/cuda headers but not the generated
 #      c10/cuda/impl/cuda_cmake_macros.h, which C10_CUDA_NO_CMAKE_CONFIGURE_FILE skips;
-#   3. every ltc_cuda:: symbol the binding calls is defined by the .cu objects.
+#   3. every ltc_cuda:: symbol the binding calls is defined by the .cu objects;
+#   4. the host-side launch arithmetic (transition_dots_chunks), linked and run without a GPU.
 # Prints "ok: <file>" per file checked.  Env: NVCC, CXX, PYTHON, CUDA_HOME (default: nvcc's toolkit),
 # LTC_CHECK_ARCH (default sm_90).  Exit status: 0 ok, 1 compile/link error, 2 no nvcc, 3 no torch.
 set -euo pipefail
@@ -25,12 +27,26 @@ cuda_home="${CUDA_HOME:-$nvcc_top}"
 cuda_include="$cuda_home/include"
 
 for src in "$here"/*.cu; do
+  ptxas_log="$work/$(basename "$src").ptxas"
   "$nvcc_bin" -std=c++17 -arch="$arch" -O3 -lineinfo -Werror all-warnings \
-    -Xcompiler -Wall,-Wextra \
+    -Xcompiler -Wall,-Wextra -Xptxas -v \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
     -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
-    -c "$src" -o "$work/$(basename "$src").o"
-  echo "ok: $(basename "$src") (nvcc -arch=$arch)"
+    -c "$src" -o "$work/$(basename "$src").o" 2> "$ptxas_log" || { cat "$ptxas_log" >&2; exit 1; }
+  # ptxas -v: one "registers: <n> <kernel>" line per kernel; a spill fails the check (the grids are
+  # sized for the registers ptxas reports, and a spill in the grid-stride loop costs bandwidth).
+  awk '/Compiling entry function/ { match($0, /\047[^\047]+\047/); name = substr($0, RSTART + 1, RLENGTH - 2) }
+       /bytes spill stores/ { spills = ($5 + $9 > 0) }
+       /Used [0-9]+ registers/ { match($0, /Used [0-9]+/)
+                                  registers = substr($0, RSTART + 5, RLENGTH - 5)
+                                  print "registers: " registers " " name (spills ? " SPILLS" : "") }' \
+    "$ptxas_log" \
+    | { command -v c++filt >/dev/null && c++filt || cat; } | sed 's/(anonymous namespace):://'
+  if grep -E '[1-9][0-9]* bytes spill (stores|loads)' "$ptxas_log" >/dev/null; then
+    echo "compile_check: ptxas spills registers in $(basename "$src") (see SPILLS above)" >&2
+    exit 1
+  fi
+  echo "ok: $(basename "$src") (nvcc -arch=$arch, no register spills)"
 done
 
 if ! torch_includes="$("$python_bin" - <<'EOF' 2>/dev/null
@@ -58,3 +74,20 @@ if [ -z "$needed" ] || [ -n "$missing" ]; then
   exit 1
 fi
 echo "ok: the binding's $(echo "$needed" | wc -l) ltc_cuda:: calls are defined by the .cu objects"
+
+# 4. The host-side launch arithmetic, run here (no GPU needed: it makes no CUDA call): chunks per
+#    sample of transition_dots' first pass, "chunks: <row_len> <chunks>" per row length.
+cat > "$work/host_probe.cpp" <<'CPP'
+#include <cstdint>
+#include <cstdio>
+#include "ltc_ops.h"
+int main() {
+  const int64_t lens[] = {1, 2048, 2049, 16384, 65537, 1 << 22, 1 << 24, 1 << 26};
+  for (const int64_t n : lens) std::printf("chunks: %lld %lld\n", static_cast<long long>(n),
+                                           static_cast<long long>(ltc_cuda::transition_dots_chunks(n)));
+  return 0;
+}
+CPP
+"$nvcc_bin" -std=c++17 -arch="$arch" -I "$here" "$work/host_probe.cpp" "$work/dots_kernel.cu.o" -o "$work/host_probe"
+"$work/host_probe"
+echo "ok: host launch arithmetic"

@@ -1,19 +1,32 @@
 // Calibration reduction: per sample b, [<d, r>, <d, d>] with d = x - x_prev, r = x_target - x,
 // accumulated in fp32 (fp64 for fp64 storage).
 //
-// Deterministic, no atomics: pass 1 splits every row into fixed chunks of kChunk elements; one
-// block sums a chunk (each thread a fixed strided subset in order, then a fixed shared-memory
+// Deterministic, no atomics: pass 1 splits every row into chunks of chunk_len(row_len) elements;
+// one block sums a chunk (each thread a fixed strided subset in order, then a fixed shared-memory
 // tree) into partials[b, chunk]; pass 2 sums a row's partials the same way.  The chunking depends
 // on the row length only, so the summation order is the same on every run and every GPU.  A row
-// that fits one chunk is written straight to the output (one pass).
+// that fits one chunk is written straight to the output (one pass).  Chunks are as short as
+// kMinChunk until a row has kTargetChunks of them, so one sample of 4M elements is 1024 blocks
+// (it was 256 with fixed 16384-element chunks: too few to reach the copy bandwidth).
 #include "common.cuh"
 
 namespace ltc_cuda {
 namespace {
 
-constexpr int64_t kChunk = 16384;  // elements per block of pass 1 (a multiple of every kVec)
+constexpr int64_t kMinChunk = 2048;      // elements per block of pass 1: a power of two, a multiple of
+constexpr int64_t kMaxChunk = 16384;     // every kVec (vectors stay 16-byte aligned), between these
+constexpr int64_t kTargetChunks = 1024;  // chunks per row before a chunk grows beyond kMinChunk
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kMaxGridX = 1 << 20;
+
+// Elements per chunk of a row of row_len: the power of two nearest above row_len / kTargetChunks,
+// within [kMinChunk, kMaxChunk].
+int64_t chunk_len(int64_t row_len) {
+  const int64_t want = (row_len + kTargetChunks - 1) / kTargetChunks;
+  int64_t len = kMinChunk;
+  while (len < want && len < kMaxChunk) len *= 2;
+  return len;
+}
 
 // (a, b) summed over the block by a fixed tree; every thread gets the sums.
 template <typename C>
@@ -57,7 +70,7 @@ __device__ __forceinline__ void accumulate(const T* x, const T* xp, const T* xt,
 // dst[b, c] = sums over chunk c of row b ([batch, chunks, 2]).
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(kThreads)
-dots_partial_kernel(TransitionDotsArgs args, int64_t chunks, compute_t<T>* dst) {
+dots_partial_kernel(TransitionDotsArgs args, int64_t chunk_len, int64_t chunks, compute_t<T>* dst) {
   using C = compute_t<T>;
   constexpr int N = VEC ? kVec<T> : 1;
   const int64_t len_row = args.row_len;
@@ -66,8 +79,8 @@ dots_partial_kernel(TransitionDotsArgs args, int64_t chunks, compute_t<T>* dst) 
     const T* xp = static_cast<const T*>(args.x_prev) + b * len_row;
     const T* xt = static_cast<const T*>(args.x_target) + b * len_row;
     for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
-      const int64_t begin = c * kChunk;
-      const int64_t end = begin + kChunk < len_row ? begin + kChunk : len_row;
+      const int64_t begin = c * chunk_len;
+      const int64_t end = begin + chunk_len < len_row ? begin + chunk_len : len_row;
       const int64_t nvec = (end - begin) / N;
       C dr = 0, dd = 0;
       for (int64_t v = threadIdx.x; v < nvec; v += kThreads) accumulate<T, N>(x, xp, xt, begin + v * N, dr, dd);
@@ -107,6 +120,7 @@ struct TransitionDotsLauncher {
     using C = compute_t<T>;
     if (a.batch == 0) return cudaSuccess;
     if (a.row_len == 0) return cudaMemsetAsync(a.out, 0, static_cast<size_t>(a.batch) * 2 * sizeof(C), stream);
+    const int64_t len = chunk_len(a.row_len);
     const int64_t chunks = transition_dots_chunks(a.row_len);
     if (chunks > 1 && a.partials == nullptr) return cudaErrorInvalidValue;
     C* dst = static_cast<C*>(chunks > 1 ? a.partials : a.out);
@@ -116,14 +130,14 @@ struct TransitionDotsLauncher {
     const dim3 grid(static_cast<unsigned>(chunks < kMaxGridX ? chunks : kMaxGridX),
                     static_cast<unsigned>(a.batch < kMaxGridY ? a.batch : kMaxGridY));
     if (vec) {
-      dots_partial_kernel<T, true><<<grid, kThreads, 0, stream>>>(a, chunks, dst);
+      dots_partial_kernel<T, true><<<grid, kThreads, 0, stream>>>(a, len, chunks, dst);
     } else {
-      dots_partial_kernel<T, false><<<grid, kThreads, 0, stream>>>(a, chunks, dst);
+      dots_partial_kernel<T, false><<<grid, kThreads, 0, stream>>>(a, len, chunks, dst);
     }
     cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess || chunks == 1) return err;
     int blocks = 0;
-    err = grid_blocks(a.batch * kThreads, blocks);
+    err = grid_blocks<dots_final_kernel<C>>(a.batch * kThreads, blocks);
     if (err != cudaSuccess) return err;
     dots_final_kernel<C><<<blocks, kThreads, 0, stream>>>(dst, chunks, a.batch, static_cast<C*>(a.out));
     return cudaGetLastError();
@@ -133,7 +147,8 @@ struct TransitionDotsLauncher {
 }  // namespace
 
 int64_t transition_dots_chunks(int64_t row_len) {
-  return row_len <= kChunk ? 1 : (row_len + kChunk - 1) / kChunk;
+  const int64_t len = chunk_len(row_len);
+  return row_len <= len ? 1 : (row_len + len - 1) / len;
 }
 
 cudaError_t launch_transition_dots(const TransitionDotsArgs& args, cudaStream_t stream) {

@@ -4,7 +4,7 @@
 // ltc/ops/reference.py (the specification):
 //
 //   model step:        m = m_u + G (m_c - m_u)   (cfg only);   D_i = PX x + PM m
-//                      out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;   hist[i % H] = D_i
+//                      out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z;   hist[i % H] = D_i
 //   extrapolated step: out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};   hist[i % H] = IN out + IC x
 //   transition dots:   per sample b, [<d, r>, <d, d>] with d = x - x_prev, r = x_target - x
 //
@@ -21,12 +21,16 @@ namespace ltc_cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
-// Columns of the plan's coefficient table: must equal ltc.plan.Col (a test compares them).
+// Columns of the plan's coefficient table: must equal ltc.ops.contract.Col (a test compares them).
 enum Col : int {
   PX = 0, PM = 1, A = 2, B0 = 3, B1 = 4, B2 = 5, NOISE = 6, GUIDANCE = 7,
-  EX = 8, EXP = 9, EH1 = 10, EH2 = 11, IN = 12, IC = 13,
-  kNumCols = 14,
+  EX = 8, EXP = 9, EH1 = 10, EH2 = 11, IN = 12, IC = 13, B3 = 14,
+  kNumCols = 15,
 };
+
+// Past clean estimates a step can read (D_{i-1} ... D_{i-k}): UniPC-3's corrector reads three.
+constexpr int kMaxModelStepReads = 3;
+constexpr int kMaxExtrapolateStepReads = 2;
 
 // The step index: read from `device` (a 0-d int64, or int32 when device_is_int32) when non-null,
 // else `host`.  A device index outside [0, rows) makes the kernel write NaN to `out` and leave the
@@ -55,7 +59,7 @@ struct ModelStepArgs {
   StepIndex step;
   int64_t numel;
   int64_t slots;
-  int reads;  // past D used: 0, 1 or 2
+  int reads;  // past D used: 0 to kMaxModelStepReads (< slots)
   bool cfg;
 };
 
@@ -69,7 +73,7 @@ struct ExtrapolateStepArgs {
   StepIndex step;
   int64_t numel;
   int64_t slots;
-  int reads;
+  int reads;  // past D used: 0 to kMaxExtrapolateStepReads (< slots)
 };
 
 struct TransitionDotsArgs {

@@ -1,7 +1,7 @@
 // The two fused step kernels (equations in ltc_ops.h and ltc/plan.py):
 //
 //   model step:        m = m_u + G (m_c - m_u) (cfg);  D_i = PX x + PM m
-//                      out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
+//                      out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z;  hist[i % H] = D_i
 //   extrapolated step: out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};  hist[i % H] = IN out + IC x
 //
 // Elementwise over numel elements, grid-stride, 16-byte vectors when every segment a vector touches
@@ -13,6 +13,13 @@
 
 namespace ltc_cuda {
 namespace {
+
+// Resident blocks per multiprocessor the step kernels of storage T are compiled for: ptxas keeps
+// them within 65536 / (6 x kThreads) -> 40 registers per thread (fp64: 4 blocks, 64 registers),
+// without spills (ptxas -v for sm_80 and sm_90, checked by compile_check.sh; unbounded, the fp32
+// model step takes 50 registers: 4 blocks per SM).  The grid is one wave of resident blocks
+// (grid_blocks, from the occupancy calculator), so it is right whatever ptxas allocates.
+template <typename T> constexpr int kMinBlocksPerSM = sizeof(T) == 8 ? 4 : 6;
 
 template <typename C> __device__ __forceinline__ C quiet_nan();
 template <> __device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
@@ -42,9 +49,9 @@ __device__ __forceinline__ void for_each_element(const Op& op, int64_t n) {
 template <typename T>
 struct ModelStepOp {
   using C = compute_t<T>;
-  const T *x, *m_u, *m_c, *z, *h1, *h2;
+  const T *x, *m_u, *m_c, *z, *h1, *h2, *h3;
   T *h_out, *out;
-  C px, pm, a, b0, b1, b2, cz, g;
+  C px, pm, a, b0, b1, b2, b3, cz, g;
   int reads;
   bool cfg;
 
@@ -52,7 +59,7 @@ struct ModelStepOp {
     const int64_t n = args.numel;
     const C* row = static_cast<const C*>(args.coefs.data) + step * args.coefs.row_stride;
     px = row[PX]; pm = row[PM]; a = row[A]; b0 = row[B0];
-    b1 = row[B1]; b2 = row[B2]; cz = row[NOISE]; g = row[GUIDANCE];
+    b1 = row[B1]; b2 = row[B2]; b3 = row[B3]; cz = row[NOISE]; g = row[GUIDANCE];
     x = static_cast<const T*>(args.x);
     m_u = static_cast<const T*>(args.model_out);
     m_c = m_u + n;  // read only with cfg
@@ -60,6 +67,7 @@ struct ModelStepOp {
     T* hist = static_cast<T*>(args.hist);
     h1 = hist + history_slot(step, 1, args.slots) * n;
     h2 = hist + history_slot(step, 2, args.slots) * n;
+    h3 = hist + history_slot(step, 3, args.slots) * n;
     h_out = hist + history_slot(step, 0, args.slots) * n;
     out = static_cast<T*>(args.out);
     reads = args.reads;
@@ -93,6 +101,12 @@ struct ModelStepOp {
       load<T, N>(h2 + i, h);
 #pragma unroll
       for (int k = 0; k < N; ++k) nx[k] = add_rn(nx[k], mul_rn(b2, h[k]));
+    }
+    if (reads >= 3) {
+      C h[N];
+      load<T, N>(h3 + i, h);
+#pragma unroll
+      for (int k = 0; k < N; ++k) nx[k] = add_rn(nx[k], mul_rn(b3, h[k]));
     }
     if (z != nullptr) {
       C zv[N];
@@ -154,7 +168,7 @@ struct ExtrapolateStepOp {
 };
 
 template <typename T, bool VEC>
-__global__ void __launch_bounds__(kThreads) model_step_kernel(ModelStepArgs args) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM<T>) model_step_kernel(ModelStepArgs args) {
   int64_t step;
   if (!read_step(args.step, args.coefs.rows, step)) {
     poison(static_cast<T*>(args.out), args.numel);
@@ -165,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) model_step_kernel(ModelStepArgs args
 }
 
 template <typename T, bool VEC>
-__global__ void __launch_bounds__(kThreads) extrapolate_step_kernel(ExtrapolateStepArgs args) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM<T>) extrapolate_step_kernel(ExtrapolateStepArgs args) {
   int64_t step;
   if (!read_step(args.step, args.coefs.rows, step)) {
     poison(static_cast<T*>(args.out), args.numel);
@@ -195,7 +209,9 @@ struct ModelStepLauncher {
                      (a.noise == nullptr || aligned16(a.noise)) &&
                      segments_aligned<T>(a.numel, a.cfg || a.slots > 1);
     int blocks = 0;
-    const cudaError_t err = grid_blocks(threads_needed<T>(a.numel, vec), blocks);
+    const int64_t work = threads_needed<T>(a.numel, vec);
+    const cudaError_t err = vec ? grid_blocks<model_step_kernel<T, true>>(work, blocks)
+                                : grid_blocks<model_step_kernel<T, false>>(work, blocks);
     if (err != cudaSuccess) return err;
     if (vec) {
       model_step_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a);
@@ -213,7 +229,9 @@ struct ExtrapolateStepLauncher {
     const bool vec = aligned16(a.x) && aligned16(a.x_prev) && aligned16(a.hist) && aligned16(a.out) &&
                      segments_aligned<T>(a.numel, a.slots > 1);
     int blocks = 0;
-    const cudaError_t err = grid_blocks(threads_needed<T>(a.numel, vec), blocks);
+    const int64_t work = threads_needed<T>(a.numel, vec);
+    const cudaError_t err = vec ? grid_blocks<extrapolate_step_kernel<T, true>>(work, blocks)
+                                : grid_blocks<extrapolate_step_kernel<T, false>>(work, blocks);
     if (err != cudaSuccess) return err;
     if (vec) {
       extrapolate_step_kernel<T, true><<<blocks, kThreads, 0, stream>>>(a);
@@ -227,12 +245,16 @@ struct ExtrapolateStepLauncher {
 }  // namespace
 
 cudaError_t launch_model_step(const ModelStepArgs& args, cudaStream_t stream) {
-  if (args.reads < 0 || args.reads > 2 || args.slots < 1 || args.numel < 0) return cudaErrorInvalidValue;
+  if (args.reads < 0 || args.reads > kMaxModelStepReads || args.slots <= args.reads || args.numel < 0) {
+    return cudaErrorInvalidValue;
+  }
   return dispatch_dtype<ModelStepLauncher>(args, stream);
 }
 
 cudaError_t launch_extrapolate_step(const ExtrapolateStepArgs& args, cudaStream_t stream) {
-  if (args.reads < 0 || args.reads > 2 || args.slots < 1 || args.numel < 0) return cudaErrorInvalidValue;
+  if (args.reads < 0 || args.reads > kMaxExtrapolateStepReads || args.slots <= args.reads || args.numel < 0) {
+    return cudaErrorInvalidValue;
+  }
   return dispatch_dtype<ExtrapolateStepLauncher>(args, stream);
 }
 

@@ -5,7 +5,7 @@ With ``i`` the step and the coefficients of row ``i`` of the plan's table:
     out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};      hist[i % H] = IN out + IC x
 
 (``out`` enters the history unrounded, as in the reference.)  Each program owns BLOCK
-consecutive elements, reads x, x_prev and the ``reads`` past D once and writes ``out`` and
+consecutive elements, reads x, x_prev and the ``reads`` (0 to 2) past D once and writes ``out`` and
 ``hist[i % H]`` once.  Every element of ``out`` depends on the same element of ``x_prev``, so
 ``out`` may be ``x_prev`` itself (the executor's double buffer does; not a shifted view).  Only
 the last program masks its accesses; a device step outside the table writes NaN to ``out`` and
@@ -21,8 +21,8 @@ import triton.language as tl
 from ltc.ops import checks
 
 from . import launch
-from .launch import (COL_EH1, COL_EH2, COL_EX, COL_EXP, COL_IC, COL_IN, add_history, history_slot, load, poison,
-                     step_start, store)
+from .launch import (COL_EH1, COL_EH2, COL_EX, COL_EXP, COL_IC, COL_IN, NO_COL, add_history, history_slot, load,
+                     poison, step_start, store)
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -52,7 +52,7 @@ def _extrapolate_step_block(x_ptr, x_prev_ptr, hist_ptr, row, coef_col_stride, i
     x = load(x_ptr + offs, mask, MASKED).to(c_x.dtype)
     x_prev = load(x_prev_ptr + offs, mask, MASKED).to(c_x.dtype)
     nxt = add_history(c_x * x + c_prev * x_prev, row, coef_col_stride, hist_ptr, i, n, H, offs, mask,
-                      COL_EH1, COL_EH2, READS, MASKED)
+                      COL_EH1, COL_EH2, NO_COL, READS, MASKED)
     # the clean estimate the step implies: D_i = IN x_{i+1} + IC x_i
     d = tl.load(row + COL_IN * coef_col_stride) * nxt + tl.load(row + COL_IC * coef_col_stride) * x
     store(hist_ptr + history_slot(i, 0, H) * n + offs, d, mask, MASKED)

@@ -85,15 +85,16 @@ def step_index(step, step_ptr, STEP_IN_MEMORY: tl.constexpr):
 
 @triton.jit
 def history_slot(i, back, H):
-    """Slot of D_{i - back} in an H-slot ring (i >= 0, back in 0..2): ``(i - back) mod H``."""
+    """Slot of D_{i - back} in an H-slot ring (i >= 0, 0 <= back < H): ``(i - back) mod H``."""
     return (i + 2 * H - back) % H
 
 
 # The plan table's columns (ltc.ops.contract.Col) as Triton compile-time constants.
-COL_PX, COL_PM, COL_A, COL_B0, COL_B1, COL_B2, COL_NOISE, COL_G = (
-    tl.constexpr(int(c)) for c in (Col.PX, Col.PM, Col.A, Col.B0, Col.B1, Col.B2, Col.NOISE, Col.GUIDANCE))
+COL_PX, COL_PM, COL_A, COL_B0, COL_B1, COL_B2, COL_B3, COL_NOISE, COL_G = (
+    tl.constexpr(int(c)) for c in (Col.PX, Col.PM, Col.A, Col.B0, Col.B1, Col.B2, Col.B3, Col.NOISE, Col.GUIDANCE))
 COL_EX, COL_EXP, COL_EH1, COL_EH2, COL_IN, COL_IC = (
     tl.constexpr(int(c)) for c in (Col.EX, Col.EXP, Col.EH1, Col.EH2, Col.IN, Col.IC))
+NO_COL = tl.constexpr(-1)  # the column of a past estimate an op never reads (extrapolate_step: D_{i-3})
 
 
 @triton.jit
@@ -117,18 +118,28 @@ def store(ptrs, value, mask, MASKED: tl.constexpr):
 
 @triton.jit
 def add_history(nxt, row, coef_col_stride, hist_ptr, i, n, H, offs, mask,
-                COL1: tl.constexpr, COL2: tl.constexpr, READS: tl.constexpr, MASKED: tl.constexpr):
-    """``nxt + c1 D_{i-1} + c2 D_{i-2}`` for the ``READS`` past clean estimates a step reads, with
-    ``c1, c2`` from columns COL1, COL2 of the step's table row, in the dtype of ``nxt``."""
+                COL1: tl.constexpr, COL2: tl.constexpr, COL3: tl.constexpr, READS: tl.constexpr,
+                MASKED: tl.constexpr):
+    """``nxt + c1 D_{i-1} + c2 D_{i-2} + c3 D_{i-3}``, the terms in that order, for the ``READS``
+    (0 to 3) past clean estimates a step reads, with ``c1, c2, c3`` from columns COL1, COL2, COL3
+    of the step's table row (a column past READS is never read: :data:`NO_COL`), in the dtype of
+    ``nxt``."""
     if READS >= 1:
-        c1 = tl.load(row + COL1 * coef_col_stride)
-        h1 = load(hist_ptr + history_slot(i, 1, H) * n + offs, mask, MASKED).to(nxt.dtype)
-        nxt = nxt + c1 * h1
+        nxt = _add_past(nxt, row, coef_col_stride, hist_ptr, i, n, H, offs, mask, 1, COL1, MASKED)
     if READS >= 2:
-        c2 = tl.load(row + COL2 * coef_col_stride)
-        h2 = load(hist_ptr + history_slot(i, 2, H) * n + offs, mask, MASKED).to(nxt.dtype)
-        nxt = nxt + c2 * h2
+        nxt = _add_past(nxt, row, coef_col_stride, hist_ptr, i, n, H, offs, mask, 2, COL2, MASKED)
+    if READS >= 3:
+        nxt = _add_past(nxt, row, coef_col_stride, hist_ptr, i, n, H, offs, mask, 3, COL3, MASKED)
     return nxt
+
+
+@triton.jit
+def _add_past(nxt, row, coef_col_stride, hist_ptr, i, n, H, offs, mask, BACK: tl.constexpr, COL: tl.constexpr,
+              MASKED: tl.constexpr):
+    """``nxt + c D_{i - BACK}`` with ``c`` from column COL of the step's row."""
+    c = tl.load(row + COL * coef_col_stride)
+    h = load(hist_ptr + history_slot(i, BACK, H) * n + offs, mask, MASKED).to(nxt.dtype)
+    return nxt + c * h
 
 
 @triton.jit

@@ -4,10 +4,10 @@ With ``i`` the step, ``n = numel(x)`` and the coefficients of row ``i`` of the p
 
     m   = m_u + G (m_c - m_u)        (cfg: model_out = [m_u; m_c], [2B, *S]; else m = model_out)
     D_i = PX x + PM m
-    out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;      hist[i % H] = D_i
+    out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z;      hist[i % H] = D_i
 
 Each program owns BLOCK consecutive elements: it reads x, the model output(s), the ``reads``
-past D and the noise once, and writes ``out`` and ``hist[i % H]`` once.  Every element of
+(0 to 3) past D and the noise once, and writes ``out`` and ``hist[i % H]`` once.  Every element of
 ``out`` depends on the same element of ``x``, so ``out`` may be ``x`` itself (not a shifted view:
 :func:`ltc.ops.checks.separate`).  Only the last program masks its accesses; a device step outside
 the table writes NaN to ``out`` and nothing to ``hist``.  The specification is
@@ -22,7 +22,7 @@ import triton.language as tl
 from ltc.ops import checks
 
 from . import launch
-from .launch import (COL_A, COL_B0, COL_B1, COL_B2, COL_G, COL_NOISE, COL_PM, COL_PX, add_history, history_slot,
+from .launch import (COL_A, COL_B0, COL_B1, COL_B2, COL_B3, COL_G, COL_NOISE, COL_PM, COL_PX, add_history, history_slot,
                      load, poison, step_start, store)
 
 
@@ -62,8 +62,8 @@ def _model_step_block(x_ptr, m_ptr, hist_ptr, row, coef_col_stride, i, out_ptr, 
     else:
         m = load(m_ptr + offs, mask, MASKED).to(ct)
     d = px * x + pm * m
-    nxt = add_history(a * x + b0 * d, row, coef_col_stride, hist_ptr, i, n, H, offs, mask, COL_B1, COL_B2, READS,
-                      MASKED)
+    nxt = add_history(a * x + b0 * d, row, coef_col_stride, hist_ptr, i, n, H, offs, mask, COL_B1, COL_B2, COL_B3,
+                      READS, MASKED)
     if HAS_NOISE:
         c = tl.load(row + COL_NOISE * coef_col_stride)
         z = load(noise_ptr + offs, mask, MASKED).to(ct)

@@ -20,7 +20,7 @@ from ltc.ops.contract import compute_dtype
 
 from . import launch
 
-TARGET_CHUNKS = 256   # chunks per sample before a chunk grows beyond one tile
+TARGET_CHUNKS = 1024  # chunks per sample before a chunk grows beyond one tile (4M elements: 1024 programs)
 MAX_TILES = 16
 FINISH_BLOCK = 1024
 FINISH_WARPS = 4

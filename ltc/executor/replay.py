@@ -8,8 +8,8 @@ those of :class:`ltc.executor.walk.Walk` (``xs``, ``hist``, the ``"end"`` finite
 
 ``whole``: one graph of all N steps, the step ops called with Python-int steps on the plan's
 ``[N, NCOLS]`` table.  ``step``: one graph per step signature ``(model or extrapolation, reads,
-noisy, i % 2, i % 3)``; its body gathers ``timesteps[step_t]`` and a ``[3, NCOLS]`` table whose
-rows all hold row ``step_t``, and calls the step ops with the Python int ``i % 3`` -- the history
+noisy, i % 2, i % H)`` (H = HISTORY_SLOTS); its body gathers ``timesteps[step_t]`` and an ``[H, NCOLS]`` table whose
+rows all hold row ``step_t``, and calls the step ops with the Python int ``i % H`` -- the history
 slots of step i -- so no step op needs a device step index.  Both take their steps with
 :meth:`Walk.step`, the one place a step is taken.
 
@@ -37,7 +37,7 @@ def _at_index(op, index: int):
 
 class _AtIndex:
     """The step ops (:data:`ltc.ops.contract.STEP_OPS`) with their step argument replaced by
-    ``index`` (per-step graphs: ``i % 3`` into a ``[3, NCOLS]`` table whose rows all hold the
+    ``index`` (per-step graphs: ``i % H`` into an ``[H, NCOLS]`` table whose rows all hold the
     current step's row)."""
 
     def __init__(self, ops, index: int):

@@ -7,6 +7,9 @@
 ``backend="auto"`` (the default, or the environment variable ``LTC_BACKEND``) picks triton for
 CUDA tensors when triton imports, else the reference; the CUDA extension is used only when asked
 for by name.  Asking for a backend that is not available is an error, never a silent fallback.
+
+:mod:`ltc.ops.library` (imported on its own) registers the ops as torch custom operators,
+``torch.ops.ltc.*``, on any of these backends: what ``torch.compile`` traces without a graph break.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ import torch
 from .contract import FLOAT_DTYPES, NCOLS, compute_dtype
 
 COEF_DTYPES = (torch.float32, torch.float64)
+MAX_READS = {"model_step": 3, "extrapolate_step": 2}  # past clean estimates a step op can read (contract)
 
 
 class Rules(NamedTuple):
@@ -83,7 +84,7 @@ def model_step(rules: Rules, x, model_out, hist, coefs, step, out, *, reads, cfg
         like(rules, "noise", noise, x)
     writable("out", out)
     writable("hist", hist)
-    reads = reads_of(reads, hist.shape[0])
+    reads = reads_of(reads, hist.shape[0], MAX_READS["model_step"])
     step = step_of(step, coefs)
     one_device(rules, x=x, model_out=model_out, hist=hist, coefs=coefs, out=out, noise=noise,
                step=step if isinstance(step, torch.Tensor) else None)
@@ -107,7 +108,7 @@ def extrapolate_step(rules: Rules, x, x_prev, hist, coefs, step, out, *, reads) 
     history(rules, hist, x)
     writable("out", out)
     writable("hist", hist)
-    reads = reads_of(reads, hist.shape[0])
+    reads = reads_of(reads, hist.shape[0], MAX_READS["extrapolate_step"])
     step = step_of(step, coefs)
     one_device(rules, x=x, x_prev=x_prev, hist=hist, coefs=coefs, out=out,
                step=step if isinstance(step, torch.Tensor) else None)
@@ -196,9 +197,12 @@ def is_int(v) -> bool:
     return type(v) is int or (not isinstance(v, bool) and isinstance(v, numbers.Integral))
 
 
-def reads_of(reads, hist_slots: int) -> int:
-    if not is_int(reads) or reads not in (0, 1, 2):
-        raise ValueError(f"reads must be 0, 1 or 2, got {reads!r}")
+def reads_of(reads, hist_slots: int, most: int) -> int:
+    """``reads`` as an int in ``0..most`` (:data:`MAX_READS` of the op) with ``hist_slots > reads``:
+    the slot a step writes is never one it reads."""
+    if not is_int(reads) or not 0 <= reads <= most:
+        allowed = ", ".join(map(str, range(most))) + f" or {most}"
+        raise ValueError(f"reads must be {allowed}, got {reads!r}")
     if hist_slots <= reads:
         raise ValueError(f"hist has {hist_slots} slot(s) but the step reads {reads} past clean "
                          f"estimate(s): need at least {reads + 1} slots")

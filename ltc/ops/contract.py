@@ -12,7 +12,7 @@ The plan's ``[N, NCOLS]`` table (columns :class:`Col`) holds, per step ``i``:
 
     model step:        m = m_u + GUIDANCE (m_c - m_u)   (classifier-free guidance only)
                        D_i = PX x_i + PM m
-                       x_{i+1} = A x_i + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z
+                       x_{i+1} = A x_i + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z
     extrapolated step: x_{i+1} = EX x_i + EXP x_{i-1} + EH1 D_{i-1} + EH2 D_{i-2}
                        D_i = IN x_{i+1} + IC x_i
 
@@ -30,7 +30,7 @@ import torch
 OPS = ("model_step", "extrapolate_step", "transition_dots")
 STEP_OPS = ("model_step", "extrapolate_step")  # the ops that read row ``step`` (5th argument) of the table
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-HISTORY_SLOTS = 3  # D of step j lives in slot j % 3: enough for third-order multistep
+HISTORY_SLOTS = 4  # D of step j lives in slot j % 4: a model step reads up to D_{i-3} (UniPC-3's corrector)
 
 
 class Col(IntEnum):
@@ -50,6 +50,7 @@ class Col(IntEnum):
     EH2 = 11
     IN = 12
     IC = 13
+    B3 = 14
 
 
 NCOLS = len(Col)

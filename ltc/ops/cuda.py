@@ -11,7 +11,7 @@ after checking their arguments.
 The functions have the signatures and semantics of :mod:`ltc.ops.reference` (the specification):
 
     model step:        m = m_u + G (m_c - m_u) (cfg);  D_i = PX x + PM m
-                       out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
+                       out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z;  hist[i % H] = D_i
     extrapolated step: out = EX x + EXP x_prev + EH1 D_{i-1} + EH2 D_{i-2};  hist[i % H] = IN out + IC x
     transition dots:   [B, 2] = per sample [<d, r>, <d, d>],  d = x - x_prev,  r = x_target - x
 
@@ -22,9 +22,14 @@ or fp64) shared by ``x``, ``model_out``/``x_prev``/``x_target``, ``noise``, ``hi
 ``out`` and ``hist`` are written in place and must be contiguous.  ``out`` may be ``x`` (or
 ``x_prev``) itself, but may not overlap any other argument.  ``step`` is an int in ``[0, N)``, or
 a 0-d integer tensor on the device, read inside the kernel (graph replay); a device index outside
-``[0, N)`` writes NaN to ``out`` and leaves ``hist`` untouched.  ``hist`` needs ``H > reads``.
-The host-side checks are those of :mod:`ltc.ops.checks`, shared with the Triton backend, under
-this module's ``RULES``; the binding checks again in C++ (device, overlap).
+``[0, N)`` writes NaN to ``out`` and leaves ``hist`` untouched.  ``hist`` needs ``H > reads``
+(``reads`` 0 to 3 for a model step, 0 to 2 for an extrapolated one).  The host-side checks are
+those of :mod:`ltc.ops.checks`, shared with the Triton backend, under this module's ``RULES``;
+the binding checks again in C++ (device, overlap).
+
+``torch.ops.ltc_cuda.*`` are the extension's raw launches (no fake kernels; ``out`` may be ``x``
+itself, which their schemas do not declare): ``torch.compile`` traces the ops through
+:mod:`ltc.ops.library` (``torch.ops.ltc.*``, ``backend="cuda"``) instead.
 """
 from __future__ import annotations
 
@@ -105,7 +110,7 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
     """One model step, fused (see the module docstring and :func:`ltc.ops.reference.model_step`):
 
         m = m_u + G (m_c - m_u);  D_i = PX x + PM m;
-        out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
+        out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z;  hist[i % H] = D_i
     """
     a = checks.model_step(RULES, x, model_out, hist, coefs, step, out, reads=reads, cfg=cfg, noise=noise)
     _require("model_step")

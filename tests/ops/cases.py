@@ -252,7 +252,7 @@ def _row(coefs, step):
 
 def spec_model_step(x, model_out, hist, coefs, step, *, reads, cfg, noise=None):
     """``(out, |out terms|, D_i, |D_i terms|)``:  m = m_u + G (m_c - m_u) (cfg);  D_i = PX x + PM m;
-    out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z."""
+    out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z."""
     c = _row(coefs, step)
     X, M = _f64(x), _f64(model_out)
     if cfg:
@@ -264,7 +264,7 @@ def spec_model_step(x, model_out, hist, coefs, step, *, reads, cfg, noise=None):
     d = c[Col.PX] * X + c[Col.PM] * M
     d_mag = (c[Col.PX] * X).abs() + c[Col.PM].abs() * m_mag
     rest = [c[Col.A] * X]
-    for back, col in ((1, Col.B1), (2, Col.B2))[:reads]:
+    for back, col in ((1, Col.B1), (2, Col.B2), (3, Col.B3))[:reads]:
         rest.append(c[col] * _f64(hist[(int(step) - back) % hist.shape[0]]))
     if noise is not None:
         rest.append(c[Col.NOISE] * _f64(noise))
@@ -334,11 +334,12 @@ def cuda_backend_or_skip(name: str) -> "Backend":
     return backend_
 
 
-def assert_device_step_gives_the_host_bits(device, gen, like: torch.Tensor, call) -> None:
-    """For every row of the table and every ``reads``: ``call(step, hist, out, reads)`` with a host
-    int step and with a 0-d device tensor step writes the same bits into ``out`` and ``hist``."""
+def assert_device_step_gives_the_host_bits(device, gen, like: torch.Tensor, call, max_reads: int) -> None:
+    """For every row of the table and every ``reads`` up to ``max_reads``: ``call(step, hist, out,
+    reads)`` with a host int step and with a 0-d device tensor step writes the same bits into
+    ``out`` and ``hist``."""
     for step in range(N_ROWS):
-        for reads in (0, 1, 2):
+        for reads in range(max_reads + 1):
             hist = history(tuple(like.shape), like.dtype, device, gen, step, reads)
             results = []
             for s in (step, torch.tensor(step, device=device)):

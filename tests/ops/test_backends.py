@@ -241,8 +241,10 @@ def test_extension_binding_checks_overlap_and_devices():
                           (dict(noise=hist[0]), "hist overlaps noise")]:
         with pytest.raises(ValueError, match=match):
             ext.model_step(**{**base, **change})
-    with pytest.raises(ValueError, match="reads must be 0, 1 or 2"):
+    with pytest.raises(ValueError, match="reads must be 0, 1, 2 or 3, got 5"):
         torch.ops.ltc_cuda.model_step(x, m, hist, coefs, None, 1, out, 5, True, None)
+    with pytest.raises(ValueError, match="reads must be 0, 1 or 2, got 3"):
+        torch.ops.ltc_cuda.extrapolate_step(x, x, hist, coefs, None, 1, out, 3)
     with pytest.raises(TypeError, match="coefs must have dtype"):
         torch.ops.ltc_cuda.model_step(x, m, hist, coefs.double(), None, 1, out, 1, True, None)
     buffer = torch.zeros(11, device="cuda")

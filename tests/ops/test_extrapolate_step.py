@@ -50,7 +50,7 @@ def test_extrapolate_step_reads_the_same_step_from_a_device_tensor(backend):
     x, x_prev, _, coefs = extrapolate_inputs((3, 5), torch.float32, device, gen, step=0, reads=0)
     cases.assert_device_step_gives_the_host_bits(
         device, gen, x, lambda s, h, out, reads: backend.module.extrapolate_step(x, x_prev, h, coefs, s, out,
-                                                                                reads=reads))
+                                                                                reads=reads), max_reads=2)
 
 
 class EveryOther(Policy):
@@ -110,7 +110,8 @@ def test_extrapolate_step_rejects_bad_arguments_before_any_work(checked):
         (dict(out=torch.empty(3, 5, 8).transpose(1, 2)), ValueError, "out must be contiguous"),
         (dict(hist=hist.transpose(0, 1).contiguous().transpose(0, 1)), ValueError, "hist must be contiguous"),
         (dict(hist=hist[:2]), ValueError, "need at least 3 slots"),
-        (dict(reads=-1), ValueError, "reads must be 0, 1 or 2"),
+        (dict(reads=-1), ValueError, "reads must be 0, 1 or 2, got -1"),
+        (dict(reads=3), ValueError, "reads must be 0, 1 or 2, got 3"),  # D_{i-3}: a model step's only
         (dict(step=N_ROWS + 3), ValueError, "step must be in"),
         (dict(step=True), TypeError, "step must be an int"),
         (dict(coefs=coefs.double()), TypeError, r"coefs must have dtype torch.float32 \(the compute dtype"),

@@ -13,14 +13,14 @@ import cases
 from cases import (N_ROWS, SHAPES, STEPS, STORAGE, TRITON_INTERPRETED, generator, history, late, nan_like, random,
                    run_model_step, same_bits, step_arg, strided, table)
 from ltc.ops import reference
-from ltc.ops.contract import compute_dtype
+from ltc.ops.contract import NCOLS, compute_dtype
 from ltc.plan import compile_plan
 from ltc.policies import Full
 from ltc.samplers import DDIM, get_sampler
 from ltc.schedule import Schedule
 
 MATRIX = cases.pairwise({
-    "shape": SHAPES, "dtype": list(STORAGE), "reads": [0, 1, 2], "cfg": [False, True], "noise": [False, True],
+    "shape": SHAPES, "dtype": list(STORAGE), "reads": [0, 1, 2, 3], "cfg": [False, True], "noise": [False, True],
     "step": list(STEPS), "step_kind": ["int", "tensor", "int32"], "alias": [None, "x"], "strided": [False, True]})
 
 
@@ -51,12 +51,13 @@ def test_model_step_reads_the_same_step_from_a_device_tensor(backend):
     x, m, _, coefs, z = model_inputs((3, 5), torch.float32, device, gen, step=0, reads=0, cfg=True, noise=True)
     cases.assert_device_step_gives_the_host_bits(
         device, gen, x, lambda s, h, out, reads: backend.module.model_step(x, m, h, coefs, s, out, reads=reads,
-                                                                          cfg=True, noise=z))
+                                                                          cfg=True, noise=z), max_reads=3)
 
 
 PLAN_CASES = [  # (schedule, sampler, prediction)
     ("vp", "ddim", "eps"), ("vp", DDIM(eta=0.7), "eps"), ("flow", "euler", "flow"), ("vp", "euler", "v"),
-    ("vp", "dpmpp_1m", "x0"), ("vp", "dpmpp_2m", "eps"), ("vp", "dpmpp_3m", "v"), ("flow", "dpmpp_3m", "flow")]
+    ("vp", "dpmpp_1m", "x0"), ("vp", "dpmpp_2m", "eps"), ("vp", "dpmpp_3m", "v"), ("flow", "dpmpp_3m", "flow"),
+    ("vp", "unipc_3m", "eps")]  # UniPC-3's corrector reads D_{i-3}
 
 
 def schedule_of(kind):
@@ -69,7 +70,8 @@ def schedule_of(kind):
 def test_model_step_on_compiled_plans(backend, kind, sampler, prediction):
     """Every step of real guided plans (their coefficients, reads and noise), fp32 and bf16."""
     plan = compile_plan(schedule_of(kind).discretize(6), get_sampler(sampler), Full(), [prediction], 4.0)
-    assert max(plan.history_reads) == {"dpmpp_2m": 1, "dpmpp_3m": 2}.get(getattr(sampler, "name", sampler), 0)
+    assert max(plan.history_reads) == {"dpmpp_2m": 1, "dpmpp_3m": 2, "unipc_3m": 3}.get(getattr(sampler, "name",
+                                                                                               sampler), 0)
     gen = generator("model_step plans", kind, str(sampler), prediction)
     for dtype in (torch.float32, torch.bfloat16):
         coefs = plan.coefficients(compute_dtype(dtype), backend.device)
@@ -93,18 +95,19 @@ def test_model_step_on_unaligned_storage(backend):
     """Every tensor starts one element into its storage (the extension's scalar path)."""
     for dtype in STORAGE:
         x, m, hist, coefs, z = model_inputs((2, 4, 8, 8), dtype, backend.device, generator("late", dtype),
-                                            step=4, reads=2, cfg=True, noise=True)
-        run_model_step(backend.module, late(x), late(m), late(hist), coefs, 4, reads=2, cfg=True, noise=late(z))
+                                            step=4, reads=3, cfg=True, noise=True)
+        run_model_step(backend.module, late(x), late(m), late(hist), coefs, 4, reads=3, cfg=True, noise=late(z))
 
 
 def test_reference_model_step_traces_without_graph_breaks():
     step = torch.compile(reference.model_step, fullgraph=True, backend="eager")
-    x, m, coefs = torch.randn(2, 4), torch.randn(2, 4), torch.randn(3, 14)
-    hist, out = torch.randn(3, 2, 4), torch.empty(2, 4)
-    step(x, m, hist, coefs, torch.tensor(2), out, reads=2, cfg=False)
-    want = torch.empty(2, 4)
-    reference.model_step(x, m, hist.clone(), coefs, 2, want, reads=2, cfg=False)
+    x, m, coefs = torch.randn(2, 4), torch.randn(2, 4), torch.randn(3, NCOLS)
+    hist, out = torch.randn(cases.H, 2, 4), torch.empty(2, 4)
+    want_hist, want = hist.clone(), torch.empty(2, 4)
+    step(x, m, hist, coefs, torch.tensor(2), out, reads=3, cfg=False)
+    reference.model_step(x, m, want_hist, coefs, 2, want, reads=3, cfg=False)
     torch.testing.assert_close(out, want)
+    torch.testing.assert_close(hist, want_hist)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -125,9 +128,13 @@ def bad_model_step_args(gen, device, one_dtype):
         (dict(hist=hist[0]), ValueError, r"hist must be \[H, \*x.shape\]"),
         (dict(hist=hist.transpose(1, 2).contiguous().transpose(1, 2)), ValueError, "hist must be contiguous"),
         (dict(noise=z[:1]), ValueError, "noise has shape"),
-        (dict(reads=3), ValueError, "reads must be 0, 1 or 2"),
+        (dict(reads=4), ValueError, "reads must be 0, 1, 2 or 3, got 4"),
+        (dict(reads=-1), ValueError, "reads must be 0, 1, 2 or 3, got -1"),
         (dict(hist=hist[:1]), ValueError, "need at least 2 slots"),
-        (dict(coefs=coefs[:, :5]), ValueError, r"coefs must be the plan's \[N, 14\] table"),
+        (dict(reads=3, hist=hist[:3]), ValueError, "hist has 3 slot.s. but the step reads 3 past clean estimate.s.: "
+                                                   "need at least 4 slots"),
+        (dict(coefs=coefs[:, :5]), ValueError, rf"coefs must be the plan's \[N, {NCOLS}\] table"),
+        (dict(coefs=coefs[:, :NCOLS - 1]), ValueError, rf"coefs must be the plan's \[N, {NCOLS}\] table"),
         (dict(coefs=coefs.half()), TypeError, "coefs must have a dtype"),
         (dict(step=N_ROWS), ValueError, r"step must be in \[0, 7\)"),
         (dict(step=-1), ValueError, "step must be in"),
@@ -213,7 +220,7 @@ def test_reference_is_exact_with_out_overlapping_its_inputs():
     inside ``model_out`` or inside ``noise`` still gets the specification of the inputs as given."""
     for where in ("x", "model_out", "noise"):
         x, m, hist, coefs, z = model_inputs((2, 5), torch.float32, "cpu", generator("reference overlap", where),
-                                            step=4, reads=2, cfg=True, noise=True)
+                                            step=4, reads=3, cfg=True, noise=True)
         buffer = torch.cat([(x if where == "x" else z).flatten(), torch.zeros(1)])  # the input, then a spare
         shifted_input, out = buffer[:-1].view(x.shape), buffer[1:].view(x.shape)    # out one element later
         if where == "x":
@@ -222,8 +229,8 @@ def test_reference_is_exact_with_out_overlapping_its_inputs():
             z = shifted_input
         else:
             out = m[1:3]  # across the unconditional and conditional halves
-        want, mag, d, d_mag = cases.spec_model_step(x, m, hist, coefs, 4, reads=2, cfg=True, noise=z)
-        reference.model_step(x, m, hist, coefs, 4, out, reads=2, cfg=True, noise=z)
+        want, mag, d, d_mag = cases.spec_model_step(x, m, hist, coefs, 4, reads=3, cfg=True, noise=z)
+        reference.model_step(x, m, hist, coefs, 4, out, reads=3, cfg=True, noise=z)
         cases.assert_matches(out, want, mag, torch.float32, f"out overlapping {where}")
         cases.assert_matches(hist[4 % cases.H], d, d_mag, torch.float32, f"hist, out overlapping {where}")
 
@@ -236,10 +243,10 @@ def test_extension_model_step_equals_the_reference_bit_for_bit():
     ext = cases.backend("cuda")
     for dtype in STORAGE:
         x, m, hist, coefs, z = model_inputs((2, 4, 9, 11), dtype, "cuda", generator("bits", dtype), step=5,
-                                            reads=2, cfg=True, noise=True)
+                                            reads=3, cfg=True, noise=True)
         ref_hist, ref_out = hist.clone(), nan_like(x)
-        reference.model_step(x, m, ref_hist, coefs, 5, ref_out, reads=2, cfg=True, noise=z)
-        out, got_hist = run_model_step(ext.module, x, m, hist, coefs, 5, reads=2, cfg=True, noise=z)
+        reference.model_step(x, m, ref_hist, coefs, 5, ref_out, reads=3, cfg=True, noise=z)
+        out, got_hist = run_model_step(ext.module, x, m, hist, coefs, 5, reads=3, cfg=True, noise=z)
         assert same_bits(out, ref_out) and same_bits(got_hist, ref_hist), dtype
 
 
@@ -253,10 +260,10 @@ def test_device_step_outside_the_table_poisons_out_and_keeps_history(name):
     for dtype in STORAGE:
         for cfg in (False, True):
             x, m, hist, coefs, z = model_inputs((2, 1500), dtype, backend.device, generator("oob", dtype), step=1,
-                                                reads=2, cfg=cfg, noise=True)
+                                                reads=3, cfg=cfg, noise=True)
             for bad in (N_ROWS, -1):
                 for step_dtype in (torch.int64, torch.int32):
                     out, h = torch.zeros_like(x), hist.clone()
                     step = torch.tensor(bad, device=backend.device, dtype=step_dtype)
-                    backend.module.model_step(x, m, h, coefs, step, out, reads=2, cfg=cfg, noise=z)
+                    backend.module.model_step(x, m, h, coefs, step, out, reads=3, cfg=cfg, noise=z)
                     assert torch.isnan(out).all() and same_bits(h, hist), (dtype, cfg, bad, step_dtype)

@@ -51,7 +51,7 @@ def test_the_op_matrices_cover_every_pair_and_every_shape_with_every_dtype():
     than the product of the factors."""
     for name, module, factors in [
         ("model_step", test_model_step, dict(
-            shape=cases.SHAPES, dtype=list(cases.STORAGE), reads=[0, 1, 2], cfg=[False, True], noise=[False, True],
+            shape=cases.SHAPES, dtype=list(cases.STORAGE), reads=[0, 1, 2, 3], cfg=[False, True], noise=[False, True],
             step=list(cases.STEPS), step_kind=["int", "tensor", "int32"], alias=[None, "x"], strided=[False, True])),
         ("extrapolate_step", test_extrapolate_step, dict(
             shape=cases.SHAPES, dtype=list(cases.STORAGE), reads=[0, 1, 2], step=list(cases.STEPS),

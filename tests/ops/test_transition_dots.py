@@ -55,6 +55,18 @@ def test_triton_transition_dots_with_many_tiles_and_partials(monkeypatch):
                                                           for _ in range(3)))
 
 
+@needs_triton
+def test_triton_transition_dots_gives_one_large_sample_a_thousand_programs():
+    """Batch 1 at 4M and 16M elements: 1024 programs in pass 1 (fp32 and bf16 tiles), not 256;
+    the chunking depends on the row length and the tile only (deterministic)."""
+    module = importlib.import_module("ltc.kernels.transition_dots")
+    for block in (1024, 2048):  # fp32, bf16 (launch.elementwise_config)
+        for n in (1 << 22, 1 << 24):
+            tiles, chunks = module.chunking(n, block)
+            assert chunks == 1024 and tiles * block * chunks == n, (block, n, tiles, chunks)
+    assert module.chunking(65537, 1024) == (1, 65)
+
+
 def test_transition_dots_rejects_bad_arguments(checked):
     x = random((2, 5), torch.float32, "cpu", generator("bad dots"))
     bad = [
