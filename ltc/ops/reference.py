@@ -19,19 +19,33 @@ overlapping ``hist``, the one case without a defined result (``ValueError``; not
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .contract import Col, compute_dtype
 
 # Plain-int column indices (IntEnum indexing of a tuple sends torch.compile into a recursion).
-PX, PM, A, B0, B1, B2, NOISE, GUIDANCE, EX, EXP, EH1, EH2, IN, IC = (int(c) for c in Col)
+PX, PM, A, B0, B1, B2, NOISE, GUIDANCE, EX, EXP, EH1, EH2, IN, IC, B3 = (int(c) for c in Col)
 
 
-def _row(coefs: torch.Tensor, step) -> tuple:
-    """The 0-d coefficients of row ``step``.  A device ``step`` is gathered on the device
-    (indexing with a 0-d tensor would copy it to the host)."""
+def _row(coefs: torch.Tensor, step) -> tuple | list:
+    """The coefficients of row ``step``.  A device ``step`` is gathered on the device (indexing
+    with a 0-d tensor would copy it to the host).  A host ``step`` of a table read at once
+    (:func:`_read_now`) gives Python floats: the table's values exactly (float32 and float64 are
+    doubles exactly), and torch rounds a Python scalar to the tensor's dtype, so the arithmetic
+    is that of the 0-d tensors, without making fifteen of them per call."""
     if isinstance(step, torch.Tensor):
         return coefs.index_select(0, step.reshape(1).long())[0].unbind()
+    if _read_now(coefs):
+        return coefs[step].tolist()
     return coefs[step].unbind()
+
+
+def _read_now(coefs: torch.Tensor) -> bool:
+    """Whether the op runs now on a plain CPU table, so its values may be read to the host: not
+    while ``torch.compile`` traces nor under a dispatch mode (a graph recording, fake tensors,
+    tracing), whose replays or graphs must read the table's values when they run."""
+    return (coefs.device.type == "cpu" and type(coefs) is torch.Tensor and not torch.compiler.is_compiling()
+            and not is_in_torch_dispatch_mode())
 
 
 def _slot(step, back: int, H: int):
@@ -77,9 +91,10 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
     """One model step: CFG combine, prediction -> D_i, solver update, D_i -> hist.
 
         m = m_u + G (m_c - m_u);  D_i = PX x + PM m;
-        out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z;  hist[i % H] = D_i
+        out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z;  hist[i % H] = D_i
 
-    ``reads`` (0, 1 or 2) is how many past D the step uses (solver order - 1).
+    ``reads`` (0 to 3) is how many past D the step uses (solver order - 1; UniPC's corrector
+    reads one more).
     """
     _separate_outputs(out, hist)
     row = _row(coefs, step)
@@ -95,6 +110,8 @@ def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coe
         nxt += row[B1] * _read(hist, step, 1).to(ct)
     if reads >= 2:
         nxt += row[B2] * _read(hist, step, 2).to(ct)
+    if reads >= 3:
+        nxt += row[B3] * _read(hist, step, 3).to(ct)
     if noise is not None:
         nxt += row[NOISE] * noise.to(ct)
     _write(hist, step, d)
