@@ -2,7 +2,8 @@
 
 Gaussian-mixture oracle (4-D, 3 components), 16 noises, grids uniform in log-SNR on [-3, 3] that
 end at positive noise ("keep") and, for contrast, grids that finish with a jump to sigma = 0.
-The order is the slope of log(endpoint RMSE) against log(steps) over 8..64 steps.
+The order is the slope of log(endpoint RMSE) against log(steps) over 8..64 steps (Heun takes two
+model calls per step: ``nfe`` in the JSON).  UniPC's corrector raises UniP-p to order p + 1.
 
     python bench/convergence.py   -> bench/results/convergence.json
 """
@@ -18,11 +19,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ltc  # noqa: E402
 from _env import write_result  # noqa: E402
 from ltc.zoo.oracles import GaussianMixture, exact_endpoint, rmse  # noqa: E402
-from ltc.samplers import DDIM, DPMSolverPP, Euler  # noqa: E402
+from ltc.samplers import DDIM, DPMSolverPP, Euler, Heun, UniPC  # noqa: E402
 
 STEPS = [8, 16, 32, 64]
 SAMPLERS = {"ddim": DDIM(), "euler": Euler(), "dpmpp_2m": DPMSolverPP(2, lower_order_final=False),
-            "dpmpp_3m": DPMSolverPP(3, lower_order_final=False)}
+            "dpmpp_3m": DPMSolverPP(3, lower_order_final=False), "heun": Heun(),
+            "unipc_1m (bh2)": UniPC(1, lower_order_final=False), "unipc_2m (bh1)": UniPC(2, "bh1", lower_order_final=False),
+            "unipc_2m (bh2)": UniPC(2, lower_order_final=False), "unipc_3m (bh2)": UniPC(3, lower_order_final=False)}
 
 
 def main():
@@ -34,11 +37,12 @@ def main():
             noise = torch.randn(16, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
             exact = exact_endpoint(oracle, noise, sched.discretize(8), steps=400)
             for name, sampler in SAMPLERS.items():
-                errs = [rmse(ltc.sample(oracle, sched, sampler=sampler, steps=n, noise=noise, progress=False), exact)
-                        for n in STEPS]
+                runs = [ltc.sample(oracle, sched, sampler=sampler, steps=n, noise=noise, progress=False,
+                                   return_info=True) for n in STEPS]
+                errs = [rmse(x, exact) for x, _ in runs]
                 order = float(-np.polyfit(np.log(STEPS), np.log(errs), 1)[0])
                 rows.append({"family": family, "grid_end": final, "sampler": name, "steps": STEPS,
-                             "rmse": errs, "order": order})
+                             "nfe": [info.nfe for _, info in runs], "rmse": errs, "order": order})
                 print(f"{family:4} end={final:4} {name:9} order {order:5.2f}  rmse " +
                       " ".join(f"{e:.2e}" for e in errs))
     print("wrote", write_result("convergence", {"oracle": "gaussian mixture, 4-D, 3 components, seed 0",

@@ -14,7 +14,7 @@ import torch
 
 from . import ops
 from .executor import graph as graph_executor
-from .executor.walk import check_conditioning, check_finite_mode, check_model_kwargs
+from .executor.walk import check_conditioning, check_finite_mode, check_model_kwargs, check_step_noise
 from .models import as_models
 from .ops.contract import FLOAT_DTYPES
 from .plan import Plan, compile_plan, fingerprint_of
@@ -47,7 +47,7 @@ def _cached_plan(schedule, steps, solver, policy, predictions, guidance_scale) -
     key = fingerprint_of(schedule.config(), steps, solver.config(), policy.config(), predictions, guidance_scale)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = compile_plan(schedule.discretize(steps), solver, policy, predictions, guidance_scale)
+        plan = compile_plan(solver.grid(schedule, steps), solver, policy, predictions, guidance_scale)
         _PLANS[key] = plan
         if len(_PLANS) > PLAN_CACHE_SIZE:
             _PLANS.popitem(last=False)
@@ -62,7 +62,7 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
            guidance_scale: float | None = None, prediction: str | None = None,
            dtype: torch.dtype | None = None, device=None, progress: bool = True,
            return_info: bool = False, callback=None, backend: str | None = None,
-           check_finite: str = "auto", graph="auto"):
+           check_finite: str = "auto", graph="auto", step_noise=None):
     """Sample by walking a static plan of ``steps`` steps from ``noise`` to the clean end.
 
     Args:
@@ -89,6 +89,9 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
             a tensor (the state to continue from, same shape/dtype/device) or a dict
             ``{"x": tensor, "stop": True}`` (either key; ``stop`` ends sampling after this step and
             returns that state).  See :mod:`ltc.executor.eager`.
+        step_noise: the fresh noise of a stochastic sampler's steps, given instead of drawn from
+            ``generator``: a ``[N, B, *S]`` tensor (row i for plan row i) or ``fn(i) -> [B, *S]``,
+            e.g. diffusers' draws to reproduce its samples exactly.  Eager only (like ``callback``).
         return_info: also return a :class:`SampleInfo` (NFE per model, the plan, backend).
         backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: ``"step"``, ``"end"``,
             ``"off"`` or ``"auto"`` (step on CPU, end on CUDA).
@@ -109,13 +112,14 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
     check_bool("progress", progress)
     check_bool("return_info", return_info)
     check_finite_mode(check_finite, "cpu")  # validated here, resolved for the device by the walk
-    check_generator(generator, solver)
+    check_generator(generator, solver, step_noise)
     plan = _cached_plan(schedule, steps, solver, policy, tuple(m.prediction for m in models), guidance_scale)
     grid = plan.grid
     x_init = initial_state(noise, shape, generator, dtype, device)
     check_before_calls(plan, models, x_init, model_kwargs)
+    check_step_noise(step_noise, plan, x_init)
     backend_name, backend_ops = ops.resolve(backend, x_init.device)
-    graph_executor.check_option(graph, x_init.device, callback, check_finite)
+    graph_executor.check_option(graph, x_init.device, callback, check_finite, step_noise)
     check_sampling = getattr(policy, "check_sampling", None)  # e.g. a calibrated LTC: fitted on this run?
     if check_sampling is not None:
         check_sampling(plan, x_init, models)
@@ -124,7 +128,7 @@ def sample(model_fns, schedule: Schedule, policy: Policy | None = None, *, sampl
         check_models(models, x_init, float(grid.t[0]), model_kwargs, cfg=plan.cfg)
     x, executor, graph_note = graph_executor.run(plan, models, x_init, graph=graph, ops=backend_ops, ops_name=backend_name,
                                          model_kwargs=model_kwargs, generator=generator, callback=callback,
-                                         progress=progress, check_finite=check_finite)
+                                         progress=progress, check_finite=check_finite, step_noise=step_noise)
     if not return_info:
         return x
     info = SampleInfo(nfe=plan.nfe, nfe_per_model=plan.nfe_per_model(),
@@ -167,12 +171,13 @@ def check_before_calls(plan: Plan, models, x: torch.Tensor, model_kwargs) -> Non
     check_conditioning(models, model_kwargs, x.shape[0], plan.cfg)
 
 
-def check_generator(generator, solver: Sampler) -> None:
-    """A generator is a ``torch.Generator`` or None; a stochastic sampler needs one."""
+def check_generator(generator, solver: Sampler, step_noise=None) -> None:
+    """A generator is a ``torch.Generator`` or None; a stochastic sampler needs one (or ``step_noise``)."""
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if solver.stochastic and generator is None:
-        raise ValueError(f"sampler {solver!r} draws noise every step: pass generator= for reproducible samples")
+    if solver.stochastic and generator is None and step_noise is None:
+        raise ValueError(f"sampler {solver!r} draws noise every step: pass generator= for reproducible "
+                         "samples (or step_noise= with the noise of every step)")
 
 
 def check_noise(noise) -> None:

@@ -326,7 +326,7 @@ def generate(model_fns, schedule: Schedule, policy: Policy | None = None, *, out
     out = Path(out_dir)
     device = torch.device(device) if device is not None else local_device()
 
-    grid = schedule.discretize(steps)
+    grid = solver.grid(schedule, steps)
     plan = compile_plan(grid, solver, policy, [m.prediction for m in models], guidance_scale)
     shards = _shards(num_samples, shard_size)
     cond_digest = tensors_digest({f"c.{k}": v for k, v in cond.items()} | {f"u.{k}": v for k, v in uncond.items()})

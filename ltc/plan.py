@@ -10,7 +10,7 @@ Model step (CFG combine, prediction -> x0, solver update (*) of :mod:`ltc.sample
 
     m   = m_u + G (m_c - m_u)            (only with classifier-free guidance)
     D_i = PX x_i + PM m                  (see :mod:`ltc.models`)
-    x_{i+1} = A x_i + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + NOISE z
+    x_{i+1} = A x_i + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z
 
 Extrapolated step (any linear extrapolation of the state or of the model-output history),
 followed by the x0 it implies, written to the history so multistep solvers stay consistent:
@@ -160,7 +160,8 @@ def fingerprint_of(*parts) -> str:
 
 
 def compile_plan(grid: Grid, sampler: Sampler, policy, predictions, guidance_scale=None) -> Plan:
-    """Compile ``grid x sampler x policy`` for models with the given prediction types."""
+    """Compile ``grid x sampler x policy`` for models with the given prediction types.  The plan's
+    rows are ``sampler.rows(grid)`` (the grid itself, or a two-stage sampler's rows: Heun)."""
     if not isinstance(grid, Grid):
         raise TypeError(f"grid must be an ltc.Grid (schedule.discretize(steps)), got {type(grid).__name__}")
     if not isinstance(sampler, Sampler):
@@ -170,6 +171,10 @@ def compile_plan(grid: Grid, sampler: Sampler, policy, predictions, guidance_sca
         raise TypeError(f"policy must be an ltc.policies.Policy, got {type(policy).__name__}")
     if isinstance(predictions, str):
         raise TypeError(f"predictions must be a sequence of prediction types, one per model, got {predictions!r}")
+    if grid.repeated:
+        raise ValueError("grid has zero-length rows (a two-stage sampler's rows); pass the schedule's grid: the "
+                         "sampler expands it (Sampler.rows)")
+    grid = sampler.rows(grid)
     N = grid.steps
     preds = tuple(canonical(p) for p in predictions)
     for p in preds:
@@ -190,12 +195,13 @@ def compile_plan(grid: Grid, sampler: Sampler, policy, predictions, guidance_sca
     table = np.zeros((N, NCOLS))
     table[:, Col.A], table[:, Col.B0] = solver.A, solver.B0
     table[:, Col.B1], table[:, Col.B2], table[:, Col.NOISE] = solver.B1, solver.B2, solver.C
+    table[:, Col.B3] = solver.B3
     table[:, Col.GUIDANCE] = 0.0 if guidance_scale is None else guidance_scale
     reads = []
     for i in range(N):
         if models[i] == EXTRAPOLATE:
             table[i, list(EXTRAPOLATION_COLS)] = extrap[i]
-            table[i, [Col.A, Col.B0, Col.B1, Col.B2, Col.NOISE]] = 0.0
+            table[i, [Col.A, Col.B0, Col.B1, Col.B2, Col.B3, Col.NOISE]] = 0.0
             reads.append(extrapolation_reads(extrap[i]))
         else:
             px, pm = x0_coefficients(preds[models[i]], grid.alpha[i], grid.sigma[i])

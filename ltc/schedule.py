@@ -12,7 +12,9 @@ with lambda_t = log(alpha_t / sigma_t), half the log signal-to-noise ratio (DPM-
   time input is ``t = sigma * num_train_timesteps`` (the SD3 / diffusers convention).
 
 A :class:`Schedule` is the *continuous* description; :meth:`Schedule.discretize` turns it into a
-:class:`Grid` of ``N + 1`` points for ``N`` sampling steps.  Step ``i`` goes from point ``i``
+:class:`Grid` of ``N + 1`` points for ``N`` sampling steps, placed as the diffusers scheduler family
+``rule`` (:data:`GRID_RULES`: ``"ddim"``, ``"dpm_solver"``, ``"euler"``; each sampler names its
+own) places them for the same config.  Step ``i`` goes from point ``i``
 (where the model is evaluated, with time input ``t[i]``) to point ``i + 1``.  The last point is
 never fed to a model; it is usually the clean end ``sigma = 0``.
 
@@ -23,6 +25,7 @@ This module is the one place that defines alpha, sigma and lambda.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ FAMILIES = ("vp", "flow")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("linspace", "leading", "trailing")
 PROGRESS_VARIABLES = ("sigma", "t", "lambda")
+GRID_RULES = ("ddim", "dpm_solver", "euler")  # whose set_timesteps a grid follows (Sampler.grid_rule)
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,12 +48,16 @@ class Grid:
         t: ``[N+1]`` model time input at each point (``t[N]`` is never given to a model).
         alpha, sigma: ``[N+1]`` noise coefficients, ``sigma`` strictly decreasing.
         family: ``"vp"`` or ``"flow"``.
+        repeated: the rows of a two-stage sampler (:meth:`ltc.samplers.Heun.rows`): ``sigma`` may
+            repeat a point once (a zero-length row, the model called a second time at that point),
+            so it is only non-increasing.
     """
 
     t: np.ndarray
     alpha: np.ndarray
     sigma: np.ndarray
     family: str
+    repeated: bool = False
 
     def __post_init__(self):
         for name in ("t", "alpha", "sigma"):
@@ -84,7 +92,12 @@ class Grid:
             k = int(bad[0]) if len(bad) else len(self.sigma) - 1
             raise ValueError(f"grid sigma must be > 0 at every point but the last, which may be 0; "
                              f"sigma[{k}] = {self.sigma[k]}")
-        bad = np.flatnonzero(np.diff(self.sigma) >= 0)
+        if not isinstance(self.repeated, bool):
+            raise TypeError(f"repeated must be True or False, got {self.repeated!r}")
+        step = np.diff(self.sigma)
+        bad = np.flatnonzero(step > 0) if self.repeated else np.flatnonzero(step >= 0)
+        if self.repeated and not len(bad):
+            bad = np.flatnonzero((step[1:] == 0) & (step[:-1] == 0)) + 1
         if len(bad):
             k = int(bad[0])
             raise ValueError(f"grid sigma must be strictly decreasing (noise must fall every step); "
@@ -118,6 +131,7 @@ class Grid:
             "t": [float(v).hex() for v in self.t],
             "alpha": [float(v).hex() for v in self.alpha],
             "sigma": [float(v).hex() for v in self.sigma],
+            **({"repeated": True} if self.repeated else {}),
         }
 
 
@@ -134,7 +148,9 @@ class Schedule:
     family: str
     num_train_timesteps: int = 1000
 
-    def discretize(self, steps: int | None) -> Grid:  # pragma: no cover - abstract
+    def discretize(self, steps: int | None, rule: str = "ddim") -> Grid:  # pragma: no cover - abstract
+        """The grid of ``steps`` steps as the diffusers scheduler family ``rule`` (one of
+        :data:`GRID_RULES`, the sampler's :attr:`ltc.samplers.Sampler.grid_rule`) spaces it."""
         raise NotImplementedError
 
     def noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
@@ -161,15 +177,20 @@ class Schedule:
             beta_schedule: ``"linear"`` (DDPM), ``"scaled_linear"`` (Stable Diffusion) or
                 ``"squaredcos_cap_v2"`` (cosine); see :func:`train_alphas_cumprod`.
             spacing: how N sampling steps pick training timesteps: ``"leading"``, ``"trailing"``
-                or ``"linspace"`` (diffusers' definitions, :func:`timestep_spacing`).
+                or ``"linspace"`` (diffusers' ``timestep_spacing``, :func:`timestep_spacing`).
             beta_start, beta_end: the betas' end points (None: the schedule's defaults).
             num_train_timesteps: T, the number of training steps.
             steps_offset: added to ``leading`` timesteps (Stable Diffusion uses 1).
-            karras: Karras et al. sigmas (rho = 7) in k = sigma/alpha instead of ``spacing``.
-            final: the last point: ``"zero"`` (clean, sigma = 0) or ``"last"`` (the first training step).
+            karras: Karras et al. sigmas (rho = 7) in k = sigma/alpha (``use_karras_sigmas``).
+            final: the last point: ``"zero"`` (clean, sigma = 0; diffusers' defaults) or ``"last"``
+                (training step 0: ``set_alpha_to_one=False`` / ``final_sigmas_type="sigma_min"``).
 
-        Example: ``Schedule.vp("scaled_linear", spacing="leading", steps_offset=1)`` is Stable
-        Diffusion's; see :class:`VPSchedule`.
+        The grid follows the diffusers scheduler of the sampler's family with the same config
+        (``discretize(steps, rule=sampler.grid_rule)``: DDIM, DPM-Solver / UniPC, Euler; see
+        :class:`VPSchedule`).  Example: ``Schedule.vp("scaled_linear", spacing="leading",
+        steps_offset=1)`` with ``sampler="dpmpp_2m"`` is Stable Diffusion's
+        ``DPMSolverMultistepScheduler`` (``beta_schedule="scaled_linear"``, ``timestep_spacing="leading"``,
+        ``steps_offset=1``, default betas).
         """
         return VPSchedule(beta_schedule, spacing=spacing, beta_start=beta_start, beta_end=beta_end,
                           num_train_timesteps=num_train_timesteps, steps_offset=steps_offset,
@@ -184,7 +205,9 @@ class Schedule:
         Args:
             shift: SD3's time shift, s' = shift s / (1 + (shift - 1) s) (1: none; SD3 uses 3.0).
             num_train_timesteps: T, the scale of the model time.
-            sigma_min: the last noisy level before the clean end (None: 1 / T).
+            sigma_min: where the unshifted ``linspace(1, sigma_min, N)`` ends before the shift (None:
+                ``FlowMatchEulerDiscreteScheduler``'s, the shifted 1 / T, so sigma_min is shifted twice
+                as diffusers does; ``1 / T`` for a single shift).
         """
         return FlowSchedule(shift=shift, num_train_timesteps=num_train_timesteps, sigma_min=sigma_min)
 
@@ -203,16 +226,18 @@ class Schedule:
         return LogSNRSchedule(lambda_min, lambda_max, family=family, final=final)
 
     @staticmethod
-    def explicit(t, alpha, sigma, *, family: str = "vp") -> "ExplicitSchedule":
+    def explicit(t, alpha, sigma, *, family: str = "vp", alphas_cumprod=None) -> "ExplicitSchedule":
         """A schedule of given points: ``t, alpha, sigma`` are N + 1 numbers each (model time,
         signal and noise coefficient of x = alpha x0 + sigma eps; sigma strictly decreasing, the
         last point never given to a model).  Sample it with ``steps=None`` (or ``steps=N``).
 
-        ``family``: ``"vp"`` or ``"flow"`` (what the ``v`` / ``flow`` predictions assume).  Used by
-        the adapters (:mod:`ltc.adapters.diffusers`, :mod:`ltc.adapters.kdiffusion`) to reproduce
+        ``family``: ``"vp"`` or ``"flow"`` (what the ``v`` / ``flow`` predictions assume).
+        ``alphas_cumprod``: optional vp training table ``[T]``; model times are then training steps
+        read from it (and may repeat), else interpolated over the points (and may not).  Used by the
+        adapters (:mod:`ltc.adapters.diffusers`, :mod:`ltc.adapters.kdiffusion`) to reproduce
         another library's grid exactly; see :class:`ExplicitSchedule`.
         """
-        return ExplicitSchedule(t, alpha, sigma, family=family)
+        return ExplicitSchedule(t, alpha, sigma, family=family, alphas_cumprod=alphas_cumprod)
 
 
 def is_number(value) -> bool:
@@ -303,10 +328,54 @@ def train_alphas_cumprod(beta_schedule: str, num_train_timesteps: int = 1000,
     elif beta_schedule == "scaled_linear":
         betas = np.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=np.float64) ** 2
     else:
-        def abar(s):
-            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
-        betas = np.array([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)])
+        betas = _cosine_betas(T)
     return np.cumprod(1.0 - betas)
+
+
+def _cosine_betas(T: int) -> np.ndarray:
+    """Nichol & Dhariwal's betas (diffusers' ``betas_for_alpha_bar``), float64."""
+    def abar(s):
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+    return np.array([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)])
+
+
+def diffusers_sigma_table(beta_schedule: str, num_train_timesteps: int = 1000, beta_start: float | None = None,
+                          beta_end: float | None = None) -> np.ndarray:
+    """k_j = sqrt((1 - alpha_bar_j) / alpha_bar_j), j = 0..T-1, as diffusers' schedulers compute it:
+    betas (``torch.linspace``) and their cumulative product in float32, so k is within float32
+    round-off of :func:`train_alphas_cumprod`'s but *equal* to diffusers' (float32 array).  The
+    rules ``"dpm_solver"`` and ``"euler"`` place their Karras points and round their model times on
+    it, as diffusers does (a float64 table rounds about one Karras grid in ten differently)."""
+    _check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    T = _check_train_steps(num_train_timesteps)
+    b0, b1 = _check_betas(beta_schedule, beta_start, beta_end)
+    if beta_schedule == "linear":
+        betas = torch.linspace(b0, b1, T, dtype=torch.float32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=torch.float32) ** 2
+    else:
+        betas = torch.tensor(_cosine_betas(T), dtype=torch.float32)
+    abar = torch.cumprod(1.0 - betas, dim=0)
+    return (((1 - abar) / abar) ** 0.5).numpy()
+
+
+def diffusers_sigma_to_t(k: np.ndarray, log_k_table: np.ndarray) -> np.ndarray:
+    """The fractional training step of each k: log k interpolated linearly over the table's
+    steps, with diffusers' arithmetic (``_sigma_to_t``, float32 ``log_k_table``), so a rounded
+    time is diffusers' exactly."""
+    log_k = np.log(np.maximum(k, 1e-10))
+    dists = log_k - log_k_table[:, np.newaxis]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_k_table.shape[0] - 2)
+    lo, hi = log_k_table[low], log_k_table[low + 1]
+    w = np.clip((lo - log_k) / (lo - hi), 0, 1)
+    return (1 - w) * low + w * (low + 1)
+
+
+def karras_sigmas(k_min: float, k_max: float, steps: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (2022) eq. 5: k_i = (k_max^(1/rho) + i/(N-1) (k_min^(1/rho) - k_max^(1/rho)))^rho,
+    i = 0..N-1 (diffusers' ``_convert_to_karras``)."""
+    ramp = np.linspace(0, 1, steps)
+    return (k_max ** (1 / rho) + ramp * (k_min ** (1 / rho) - k_max ** (1 / rho))) ** rho
 
 
 DEFAULT_BETAS = {"linear": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
@@ -326,19 +395,33 @@ def _check_betas(beta_schedule: str, beta_start, beta_end) -> tuple[float, float
                  for name, value, default in zip(("beta_start", "beta_end"), (beta_start, beta_end), defaults))
 
 
-def timestep_spacing(spacing: str, steps: int, num_train_timesteps: int, steps_offset: int = 0) -> np.ndarray:
-    """Decreasing integer model times for ``steps`` evaluations (diffusers' definitions).
+def timestep_spacing(spacing: str, steps: int, num_train_timesteps: int, steps_offset: int = 0,
+                     rule: str = "ddim") -> np.ndarray:
+    """Decreasing model times of the ``steps`` model evaluations, as the diffusers scheduler family
+    ``rule`` spaces them (T = ``num_train_timesteps``, N = ``steps``):
 
-    ``linspace``: round(linspace(0, T-1, N)) reversed; ``leading``: arange(N) * (T // N) reversed,
-    plus ``steps_offset``; ``trailing``: the first N of round(arange(T, 0, -T/N)) - 1 (the float
-    arange holds N + 1 points for some N, e.g. 61 of T = 1000; its first N are diffusers' values).
+    * ``"ddim"`` (``DDIMScheduler``): ``linspace``: round(linspace(0, T-1, N)) reversed; ``leading``:
+      arange(N) * (T // N) reversed, plus ``steps_offset``; ``trailing``: the first N of
+      round(arange(T, 0, -T/N)) - 1 (the float arange holds N + 1 points for some N, e.g. 61 of
+      T = 1000, where diffusers' last timestep is -1; its first N are diffusers' values).
+    * ``"dpm_solver"`` (``DPMSolverMultistepScheduler``, ``UniPCMultistepScheduler``): ``linspace``
+      and ``leading`` take the first N of N + 1 points: round(linspace(0, T-1, N+1)) reversed, and
+      arange(N+1) * (T // (N+1)) reversed, plus ``steps_offset``; ``trailing`` as DDIM's.
+    * ``"euler"`` (``EulerDiscreteScheduler``): ``linspace`` is *fractional*, linspace(0, T-1, N)
+      reversed in float32 (diffusers' values exactly); ``leading`` and ``trailing`` as DDIM's.
+
+    Integers (as float64) except Euler's linspace.
     """
     _check_choice("spacing", spacing, SPACINGS)
+    _check_choice("rule", rule, GRID_RULES)
     T, N = num_train_timesteps, steps
-    if spacing == "linspace":
-        ts = np.linspace(0, T - 1, N).round()[::-1]
+    points = N + 1 if rule == "dpm_solver" and spacing != "trailing" else N
+    if spacing == "linspace" and rule == "euler":
+        ts = np.linspace(0, T - 1, N, dtype=np.float32)[::-1]
+    elif spacing == "linspace":
+        ts = np.linspace(0, T - 1, points).round()[::-1][:N]
     elif spacing == "leading":
-        ts = (np.arange(N) * (T // N)).round()[::-1] + steps_offset
+        ts = (np.arange(points) * (T // points)).round()[::-1][:N] + steps_offset
     else:
         ts = np.round(np.arange(T, 0, -T / N))[:N] - 1
     ts = ts.astype(np.float64)
@@ -346,6 +429,10 @@ def timestep_spacing(spacing: str, steps: int, num_train_timesteps: int, steps_o
         raise ValueError(f"spacing {spacing!r} with steps_offset={steps_offset} puts the {N} steps at training "
                          f"steps {ts.max():.0f}..{ts.min():.0f}, outside [0, {T - 1}]; use fewer steps "
                          "or a smaller steps_offset")
+    if np.any(np.diff(ts) >= 0):
+        k = int(np.flatnonzero(np.diff(ts) >= 0)[0])
+        raise ValueError(f"spacing {spacing!r} under rule {rule!r} with steps={N} repeats training step {ts[k]:.0f} "
+                         f"(steps {k} and {k + 1}) of num_train_timesteps={T}: use fewer steps or another spacing")
     return ts
 
 
@@ -353,11 +440,48 @@ def timestep_spacing(spacing: str, steps: int, num_train_timesteps: int, steps_o
 class VPSchedule(Schedule):
     """Discrete variance-preserving schedule over ``num_train_timesteps`` training steps.
 
+    :meth:`discretize` places the N model points as the diffusers scheduler family ``rule`` does
+    for the same config (``beta_schedule``, ``spacing`` = ``timestep_spacing``, ``steps_offset``,
+    ``karras`` = ``use_karras_sigmas``, ``final``), to float32 round-off; k = sigma / alpha is the
+    EDM / diffusers sigma, alpha = 1 / sqrt(1 + k^2), and k_j = sqrt((1 - alpha_bar_j) / alpha_bar_j)
+    at training step j:
+
+    * ``"ddim"`` -- ``DDIMScheduler``: points at the spacing's integer timesteps
+      (:func:`timestep_spacing`), alpha^2 = alpha_bar_t.  Karras sigmas (no DDIMScheduler option):
+      ltc's own, as ``"dpm_solver"`` but fed the fractional t.
+    * ``"dpm_solver"`` -- ``DPMSolverMultistepScheduler`` / ``UniPCMultistepScheduler``: the spacing
+      takes N of N + 1 points (``[901, 811, ...]`` for leading, 10 steps, offset 1).  Karras: k
+      follows Karras et al. (rho = 7) from k_{T-1} to k_0, the model is fed round(t) (truncated for
+      ``squaredcos_cap_v2``, as DPMSolverMultistep does; UniPC rounds) of the t interpolating log k
+      over the training steps, while the update uses the Karras k itself, so at large N consecutive
+      points can share a model time (``[..., 2, 1, 1, 0]``: fed twice at two noise levels).
+    * ``"euler"`` -- ``EulerDiscreteScheduler`` (``interpolation_type="linear"``): ``linspace`` gives
+      fractional t (float32 linspace(0, T-1, N)) with k interpolated *linearly* in t between training
+      steps; Karras: the rho = 7 ramp from k at the spacing's first timestep to k at its last, fed
+      the fractional t (log k interpolated).
+
+    Points at integer training steps read ltc's float64 table, so they equal :meth:`noise_at` (what
+    model time t means: log k linear between training steps, whatever the rule) and diffusers'
+    float32 values to their round-off (<= 3e-6 in alpha, sigma).  Under ``"dpm_solver"`` and
+    ``"euler"`` the Karras points, Euler's fractional ones and the ``final="last"`` end point are
+    computed on diffusers' float32 table (:func:`diffusers_sigma_table`): its rounded times are then
+    diffusers' exactly, and its sigma_min (off by up to 3e-4 relative in float32, which moves a last
+    step's result by up to 4e-5) too.  The grid's alpha, sigma differ from ``noise_at(t)`` where
+    diffusers' do (rounded Karras times, Euler's k-linear interpolation).
+
     ``final``: where the last step lands -- ``"zero"`` (alpha = 1, sigma = 0, model time -1;
-    diffusers' ``set_alpha_to_one=True`` / ``final_sigmas_type="zero"``) or ``"last"``
-    (the first training step, alpha_bar_0).
-    ``karras``: sigmas in the EDM scale k = sigma/alpha follow Karras et al. (rho = 7) between the
-    training extremes; model times are found by interpolating log k over the training steps.
+    diffusers' ``set_alpha_to_one=True`` / ``final_sigmas_type="zero"``, their class defaults) or
+    ``"last"`` (training step 0, alpha_bar_0: ``set_alpha_to_one=False`` /
+    ``final_sigmas_type="sigma_min"``).  Where the N-th model point is training step 0 already (a
+    spacing ending at 0, Karras sigmas) diffusers' last step has zero length (a model call that
+    leaves the sample unchanged); ltc refuses it (use ``final="zero"``, or
+    :mod:`ltc.adapters.diffusers`, which drops that step and keeps diffusers' samples).
+    Not reproduced: DDIMScheduler's off-grid steps (it steps t -> t - T // N, off its own timesteps
+    for ``linspace``, and for ``trailing`` where N does not divide T; ltc steps between consecutive
+    timesteps); ``use_exponential_sigmas`` / ``use_lu_lambdas`` / ``use_beta_sigmas``,
+    ``lambda_min_clipped``, EulerDiscrete's Karras with ``steps_offset`` (use the adapter for these);
+    UniPC's rounding of cosine Karras times; the step counts where diffusers' trailing arange holds
+    N + 1 points (its extra timestep is -1; ltc takes the first N).
     """
 
     beta_schedule: str = "scaled_linear"
@@ -382,13 +506,13 @@ class VPSchedule(Schedule):
                              f"spacing='leading'), got {self.steps_offset!r}")
         if self.steps_offset and (self.spacing != "leading" or karras):
             raise ValueError(f"steps_offset={self.steps_offset} only shifts spacing='leading' without Karras sigmas "
-                             f"(diffusers' convention), got spacing={self.spacing!r}, karras={karras}")
-        if self.final == "last" and (karras or self.spacing == "linspace" or
-                                     (self.spacing == "leading" and self.steps_offset == 0)):
-            why = "Karras sigmas end" if karras else f"spacing={self.spacing!r} ends"
-            raise ValueError(f"final='last' lands on training step 0, where {why} already: the last step would "
-                             "remove no noise; use final='zero'" +
-                             ("" if karras or self.spacing == "linspace" else " or steps_offset=1"))
+                             f"(diffusers' convention; EulerDiscrete's Karras sigmas with an offset: use "
+                             f"ltc.adapters.diffusers), got spacing={self.spacing!r}, karras={karras}")
+        if self.final == "last" and karras:
+            raise ValueError("final='last' lands on training step 0, where Karras sigmas end already: diffusers "
+                             "(final_sigmas_type='sigma_min') repeats that sigma, a zero-length last step that "
+                             "spends a model call and removes no noise; use final='zero', or "
+                             "ltc.adapters.diffusers for such a scheduler (it drops the zero-length step)")
         for name in ("beta_start", "beta_end"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, float(getattr(self, name)))
@@ -399,6 +523,10 @@ class VPSchedule(Schedule):
                                     self.beta_start, self.beta_end)
         object.__setattr__(self, "_abar", abar)
         object.__setattr__(self, "_log_k", 0.5 * np.log((1 - abar) / abar))
+        object.__setattr__(self, "_train_steps", np.arange(T, dtype=np.float64))
+        k32 = diffusers_sigma_table(self.beta_schedule, T, self.beta_start, self.beta_end)
+        object.__setattr__(self, "_k32", k32.astype(np.float64))
+        object.__setattr__(self, "_log_k32", np.log(k32))
 
     @property
     def alphas_cumprod(self) -> np.ndarray:
@@ -410,51 +538,89 @@ class VPSchedule(Schedule):
                 "num_train_timesteps": self.num_train_timesteps, "steps_offset": self.steps_offset,
                 "karras": self.karras, "final": self.final}
 
-    def discretize(self, steps: int | None) -> Grid:
+    def discretize(self, steps: int | None, rule: str = "ddim") -> Grid:
+        """N steps placed as the diffusers scheduler family ``rule`` places them (see the class docstring)."""
+        _check_choice("rule", rule, GRID_RULES)
         if steps is None:
             raise ValueError("steps is required for a vp schedule")
         N = _check_steps(steps, self.num_train_timesteps)
+        T = self.num_train_timesteps
         if self.karras:
-            k_min, k_max = np.exp(self._log_k[0]), np.exp(self._log_k[-1])
-            ramp = np.linspace(0, 1, N)
-            rho = 7.0
-            k = (k_max ** (1 / rho) + ramp * (k_min ** (1 / rho) - k_max ** (1 / rho))) ** rho
-            t = np.interp(np.log(k), self._log_k, np.arange(self.num_train_timesteps, dtype=np.float64))
+            t, k = self._karras_points(N, rule)
+            alpha = 1 / np.sqrt(1 + k ** 2)
+            sigma = k * alpha
+        elif rule == "euler" and self.spacing == "linspace":  # fractional t, k linear in diffusers' table
+            t = timestep_spacing(self.spacing, N, T, self.steps_offset, rule)
+            k = np.interp(t, self._train_steps, self._k32)
             alpha = 1 / np.sqrt(1 + k ** 2)
             sigma = k * alpha
         else:
-            t = timestep_spacing(self.spacing, N, self.num_train_timesteps, self.steps_offset)
+            t = timestep_spacing(self.spacing, N, T, self.steps_offset, rule)
             abar = self._abar[t.astype(np.int64)]
             alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
         if self.final == "last" and t[-1] == 0:
             raise ValueError(f"final='last' lands on training step 0, where spacing={self.spacing!r} with "
-                             f"steps={N} ends already: the last step would remove no noise; use final='zero' "
-                             "or fewer steps")
+                             f"steps={N} ends already (rule {rule!r}): the last step would remove no noise (diffusers "
+                             "takes it as a zero-length step: a model call that leaves the sample unchanged); use "
+                             "final='zero' or another step count")
         if self.final == "zero":
             t_end, a_end, s_end = -1.0, 1.0, 0.0
-        else:
+        elif rule == "ddim":
             t_end, a_end, s_end = 0.0, math.sqrt(self._abar[0]), math.sqrt(1 - self._abar[0])
+        else:  # diffusers' float32 sigma_min: its 1 - alpha_bar_0 cancellation moves the last step's end by ~1e-4
+            k0 = float(self._k32[0])
+            t_end, a_end, s_end = 0.0, 1 / math.sqrt(1 + k0 ** 2), k0 / math.sqrt(1 + k0 ** 2)
         return Grid(np.append(t, t_end), np.append(alpha, a_end), np.append(sigma, s_end), "vp")
+
+    def _karras_points(self, N: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+        """Model times and k = sigma/alpha of N Karras points under ``rule``: ``ddim`` ltc's own
+        (float64 table, fractional t); ``dpm_solver`` / ``euler`` as DPMSolverMultistep / EulerDiscrete
+        compute them, on diffusers' float32 table (its rounded times are diffusers' exactly)."""
+        if rule == "ddim":
+            k = karras_sigmas(np.exp(self._log_k[0]), np.exp(self._log_k[-1]), N)
+            return np.interp(np.log(k), self._log_k, self._train_steps), k
+        if rule == "euler":  # the ramp spans k at the spacing's first and last timesteps
+            ts = timestep_spacing(self.spacing, N, self.num_train_timesteps, self.steps_offset, rule)
+            k_max, k_min = np.interp(ts[[0, -1]], self._train_steps, self._k32)
+        else:
+            k_min, k_max = self._k32[0], self._k32[-1]
+        k = karras_sigmas(float(k_min), float(k_max), N)
+        t = diffusers_sigma_to_t(k, self._log_k32)
+        if rule == "dpm_solver":  # the model is fed an integer time; the update keeps the Karras k
+            t = np.trunc(t) if self.beta_schedule == "squaredcos_cap_v2" else np.round(t)
+        return t, k
 
     def noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log k = log(sigma/alpha) interpolated linearly between integer training steps
         (exact at integers; the inverse of the Karras time lookup); t < 0 means the clean end."""
-        _check_time(t)
-        log_k = _interp(t, np.arange(self.num_train_timesteps, dtype=np.float64), self._log_k)
-        alpha = torch.rsqrt(1 + torch.exp(2 * log_k))
-        sigma = alpha * torch.exp(log_k)
-        clean = t < 0
-        return torch.where(clean, torch.ones_like(alpha), alpha), torch.where(clean, torch.zeros_like(sigma), sigma)
+        return _table_noise_at(t, self._log_k)
+
+
+def _table_noise_at(t: torch.Tensor, log_k: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(alpha, sigma)`` at model time t of a training table ``log_k[j]``, j = 0..T-1: log k
+    linear between integer steps (clamped to the table), the clean end (1, 0) where t < 0."""
+    _check_time(t)
+    log_k_t = _interp(t, np.arange(len(log_k), dtype=np.float64), log_k)
+    alpha = torch.rsqrt(1 + torch.exp(2 * log_k_t))
+    sigma = alpha * torch.exp(log_k_t)
+    clean = t < 0
+    return torch.where(clean, torch.ones_like(alpha), alpha), torch.where(clean, torch.zeros_like(sigma), sigma)
 
 
 @dataclass(frozen=True, repr=False)
 class FlowSchedule(Schedule):
     """Rectified flow: ``x_s = (1 - s) x0 + s eps``, model time ``t = s * T``.
 
-    Sigmas are ``linspace(1, sigma_min, N)`` (``sigma_min`` defaults to 1/T), then shifted,
-    ``s' = shift * s / (1 + (shift - 1) * s)`` (SD3), and a final clean point ``s = 0`` is appended.
-    (diffusers' FlowMatchEulerDiscreteScheduler shifts its sigma_min once more before spacing;
-    pass ``sigma_min`` explicitly to reproduce it.)
+    With ``shift(s) = shift * s / (1 + (shift - 1) * s)`` (SD3), the N model points under the rules
+    ``"euler"`` and ``"ddim"`` are ``FlowMatchEulerDiscreteScheduler``'s: ``shift(linspace(1,
+    sigma_min, N))`` with ``sigma_min = shift(1 / T)`` by default (diffusers shifts its sigma_min
+    once in ``__init__`` and again in ``set_timesteps``); an explicit ``sigma_min`` is used as given
+    (``sigma_min=1/T``: a single shift).  Under ``"dpm_solver"`` they are
+    ``DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=shift)``'s: the first N of
+    ``shift(linspace(1 - 1/T, 0, N + 1))``, the model fed trunc(s T) as diffusers' int64 timesteps
+    (no ``sigma_min``: giving one is refused there).  A final clean point ``s = 0`` is appended.
+    Not reproduced: UniPC's flow sigmas (``linspace(1, 1/T, N + 1)``, first N, shifted, the first
+    lowered by 1e-6), dynamic shifting (``mu``; use :mod:`ltc.adapters.diffusers`).
     """
 
     shift: float = 1.0
@@ -477,23 +643,33 @@ class FlowSchedule(Schedule):
                              f"strictly in float64 on a {T}-step grid; use a {'smaller' if shift > 1 else 'larger'} "
                              "shift")
 
-    def _sigmas(self, N: int) -> np.ndarray:
-        """The N shifted sigmas of the model steps (before the clean end)."""
-        smin = self.sigma_min if self.sigma_min is not None else 1.0 / self.num_train_timesteps
-        s = np.linspace(1.0, smin, N)
+    def _shifted(self, s: np.ndarray | float) -> np.ndarray:
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             return self.shift * s / (1 + (self.shift - 1) * s)
+
+    def _sigmas(self, N: int) -> np.ndarray:
+        """The N shifted sigmas of FlowMatchEuler's model steps (before the clean end)."""
+        smin = self.sigma_min if self.sigma_min is not None else self._shifted(1.0 / self.num_train_timesteps)
+        return self._shifted(np.linspace(1.0, smin, N))
 
     def config(self) -> dict:
         return {"class": "flow", "shift": float(self.shift),
                 "num_train_timesteps": self.num_train_timesteps, "sigma_min": self.sigma_min}
 
-    def discretize(self, steps: int | None) -> Grid:
+    def discretize(self, steps: int | None, rule: str = "ddim") -> Grid:
+        _check_choice("rule", rule, GRID_RULES)
         if steps is None:
             raise ValueError("steps is required for a flow schedule")
         N = _check_steps(steps, self.num_train_timesteps)
-        s = np.append(self._sigmas(N), 0.0)
-        return Grid(s * self.num_train_timesteps, 1 - s, s, "flow")
+        T = self.num_train_timesteps
+        if rule != "dpm_solver":
+            s = np.append(self._sigmas(N), 0.0)
+            return Grid(s * T, 1 - s, s, "flow")
+        if self.sigma_min is not None:
+            raise ValueError(f"sigma_min={self.sigma_min!r} has no counterpart under rule 'dpm_solver' "
+                             "(DPMSolverMultistepScheduler's flow sigmas end at shift((1 - 1/T) / N)); leave it None")
+        s = np.append(self._shifted(1.0 - np.linspace(1, 1 / T, N + 1))[::-1][:N], 0.0)
+        return Grid(np.append(np.trunc(s[:-1] * T), 0.0), 1 - s, s, "flow")
 
     def noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _check_time(t)
@@ -511,6 +687,7 @@ class LogSNRSchedule(Schedule):
     lambda = log(alpha / sigma) as everywhere in ltc, so vp: alpha^2 = sigmoid(2 lambda),
     sigma^2 = sigmoid(-2 lambda); flow: sigma = 1 / (1 + e^lambda).
     Used for convergence-order measurements (grids ending at positive noise) and the oracles.
+    No diffusers counterpart: every grid rule gives the same grid.
     """
 
     lambda_min: float = -6.0
@@ -547,7 +724,8 @@ class LogSNRSchedule(Schedule):
         sigma = 1 / (1 + np.exp(lam))
         return 1 - sigma, sigma
 
-    def discretize(self, steps: int | None) -> Grid:
+    def discretize(self, steps: int | None, rule: str = "ddim") -> Grid:
+        _check_choice("rule", rule, GRID_RULES)
         if steps is None:
             raise ValueError("steps is required for a log_snr schedule")
         N = _check_steps(steps, None)
@@ -571,10 +749,19 @@ class LogSNRSchedule(Schedule):
 class ExplicitSchedule(Schedule):
     """User-given points ``t, alpha, sigma`` (N + 1 of each, sigma strictly decreasing).
 
-    ``noise_at`` interpolates linearly between the given points (exact at them).
+    What a model time means (:meth:`noise_at`, used by the exact oracles):
+
+    * without ``alphas_cumprod``: linear interpolation between the given points (exact at them),
+      so the model times must not repeat;
+    * with ``alphas_cumprod`` (a vp training table alpha_bar_0..alpha_bar_{T-1}): t is a training
+      step, and noise_at is :class:`VPSchedule`'s on that table (log k, k = sqrt((1 - alpha_bar) /
+      alpha_bar), linear between integer steps; t < 0 the clean end), independent of the points.
+      Model times may then repeat (diffusers' rounded Karras grids feed one time at two noise
+      levels, ``[..., 2, 1, 1, 0]``) and must lie in [0, T - 1] (the last point, never given to a
+      model, may be anything).
     """
 
-    def __init__(self, t, alpha, sigma, *, family: str = "vp"):
+    def __init__(self, t, alpha, sigma, *, family: str = "vp", alphas_cumprod=None):
         _check_choice("family", family, FAMILIES)
         arrays = []
         for name, values in (("t", t), ("alpha", alpha), ("sigma", sigma)):
@@ -584,24 +771,61 @@ class ExplicitSchedule(Schedule):
                 raise TypeError(f"{name} must be a 1-D sequence of numbers, got {type(values).__name__}") from None
         self._grid = Grid(*arrays, family)
         self.family = family
-        ts = self._grid.t
-        finite = np.isfinite(ts)
-        if not np.all(np.diff(ts[finite]) != 0):
-            raise ValueError("explicit t must not repeat a value")
+        self._log_k = None if alphas_cumprod is None else _table_log_k(alphas_cumprod, family, self._grid.t)
+        if self._log_k is None:
+            ts = self._grid.t
+            finite = np.isfinite(ts)
+            repeats = np.flatnonzero(np.diff(ts[finite]) == 0)
+            if len(repeats):
+                t_rep = float(ts[finite][repeats[0]])
+                raise ValueError(f"explicit t must not repeat a value (t = {t_rep!r} twice): noise_at interpolates "
+                                 "alpha, sigma over t; give the training table as alphas_cumprod= to map model times "
+                                 "to noise levels (repeated times are then allowed)")
 
     def config(self) -> dict:
-        return {"class": "explicit", **self._grid.digest()}
+        table = {} if self._log_k is None else \
+            {"log_k_table_sha256": hashlib.sha256(self._log_k.tobytes()).hexdigest()}
+        return {"class": "explicit", **self._grid.digest(), **table}
 
-    def discretize(self, steps: int | None) -> Grid:
+    def discretize(self, steps: int | None, rule: str = "ddim") -> Grid:
+        """The given points, whatever the rule (they are already some scheduler's grid)."""
+        _check_choice("rule", rule, GRID_RULES)
         if steps is not None and steps != self._grid.steps:
             raise ValueError(f"steps={steps} does not match the explicit schedule, which has "
                              f"{self._grid.steps} steps; pass steps=None")
         return self._grid
 
     def noise_at(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._log_k is not None:
+            return _table_noise_at(t, self._log_k)
         _check_time(t)
         g = self._grid
         finite = np.isfinite(g.t)
         ts, al, si = g.t[finite], g.alpha[finite], g.sigma[finite]
         order = np.argsort(ts)
         return _interp(t, ts[order], al[order]), _interp(t, ts[order], si[order])
+
+
+def _table_log_k(alphas_cumprod, family: str, t: np.ndarray) -> np.ndarray:
+    """log k_j = log sqrt((1 - alpha_bar_j) / alpha_bar_j) of a checked training table."""
+    if family != "vp":
+        raise ValueError(f"alphas_cumprod is a vp training table; family={family!r} takes none (leave it None)")
+    if isinstance(alphas_cumprod, torch.Tensor):
+        alphas_cumprod = alphas_cumprod.detach().cpu().to(torch.float64).numpy()
+    try:
+        abar = np.array(alphas_cumprod, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"alphas_cumprod must be a 1-D sequence of numbers, got {type(alphas_cumprod).__name__}") \
+            from None
+    if abar.ndim != 1 or len(abar) < 2:
+        raise ValueError(f"alphas_cumprod must be 1-D with >= 2 training steps, got shape {abar.shape}")
+    bad = np.flatnonzero(~((abar > 0) & (abar < 1)))
+    if len(bad):
+        raise ValueError(f"alphas_cumprod must lie in (0, 1) at every training step; alphas_cumprod[{bad[0]}] = "
+                         f"{float(abar[bad[0]])!r}")
+    T, model_t = len(abar), t[:-1]
+    bad = np.flatnonzero((model_t < 0) | (model_t > T - 1))
+    if len(bad):
+        raise ValueError(f"with alphas_cumprod (T = {T} training steps) every model time t[:-1] must lie in "
+                         f"[0, {T - 1}]; t[{bad[0]}] = {float(model_t[bad[0]])!r}")
+    return 0.5 * np.log((1 - abar) / abar)

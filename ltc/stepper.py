@@ -101,7 +101,8 @@ class Stepper:
         predictions: the prediction type of each model index: one string (one model), or a
             sequence of strings or of :class:`ltc.Model` / callables with a ``prediction`` attribute.
         guidance_scale: classifier-free guidance scale G (``m = m_u + G (m_c - m_u)``), or ``None``.
-        generator: the generator of the per-step noise of stochastic samplers (required for them).
+        generator: the generator of the per-step noise of stochastic samplers (required for them),
+            or ``step_noise``: that noise given, ``[N, B, *S]`` or ``fn(i) -> [B, *S]`` (as in :func:`ltc.sample`).
         backend: step-op backend (:mod:`ltc.ops`); ``check_finite``: see the module docstring.
         progress: a tqdm progress bar over the model calls, advanced by :meth:`step` and closed
             when the walk is done (off by default: the loop, and its progress bar, are the caller's).
@@ -113,23 +114,24 @@ class Stepper:
     def __init__(self, schedule: Schedule, policy: Policy | None = None, *, sampler="dpmpp_2m",
                  steps: int | None = None, noise: torch.Tensor, predictions,
                  guidance_scale: float | None = None, generator: torch.Generator | None = None,
-                 backend: str | None = None, check_finite: str = "auto", progress: bool = False):
+                 backend: str | None = None, check_finite: str = "auto", progress: bool = False, step_noise=None):
         policy, solver, guidance_scale = sampling_arguments(schedule, policy, sampler, guidance_scale)
         if not isinstance(progress, bool):
             raise TypeError(f"progress must be True or False, got {progress!r}")
         preds = _prediction_names(predictions)
         check_noise(noise)
         check_finite = check_finite_mode(check_finite, noise.device)
-        check_generator(generator, solver)
+        check_generator(generator, solver, step_noise)
 
-        self.plan: Plan = compile_plan(schedule.discretize(steps), solver, policy, preds, guidance_scale)
+        self.plan: Plan = compile_plan(solver.grid(schedule, steps), solver, policy, preds, guidance_scale)
         names = _model_names(predictions, len(preds))
         check_sampling = getattr(policy, "check_sampling", None)  # a calibrated LTC: fitted on this run?
         if check_sampling is not None:
             check_sampling(self.plan, noise, _given_models(predictions, preds, names))
         self.backend, backend_ops = ops.resolve(backend, noise.device)
         models = [Model(_no_call, p, n) for p, n in zip(preds, names)]
-        self._walk = Walk(self.plan, models, noise, ops=backend_ops, generator=generator, check_finite=check_finite)
+        self._walk = Walk(self.plan, models, noise, ops=backend_ops, generator=generator, check_finite=check_finite,
+                          step_noise=step_noise)
         self._walk.load(noise)
         self._i = 0
         self._bar = tqdm(total=self.plan.nfe, desc="ltc.Stepper", leave=False) if progress else None
@@ -155,6 +157,22 @@ class Stepper:
     def model_calls_left(self) -> int:
         """Model calls still to make (a progress-bar total)."""
         return sum(m != EXTRAPOLATE for m in self.plan.models[self._i:])
+
+    def load_state(self, x: torch.Tensor) -> None:
+        """Continue from ``x`` (``[B, *S]``, the state's shape, dtype and device; copied) in place of
+        the current state, keeping the past (clean estimates, previous state), as a callback's
+        returned tensor does in :func:`ltc.sample`: e.g. a pipeline that edits its latents between
+        steps (inpainting masks).  A no-op copy when ``x`` is the current state itself."""
+        if self.done:
+            raise RuntimeError("the stepper is done: all steps were taken; read .x")
+        state = self.x
+        if not isinstance(x, torch.Tensor) or x.shape != state.shape or x.dtype != state.dtype \
+                or x.device != state.device:
+            got = f"{tuple(x.shape)}, {x.dtype} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"load_state needs a tensor shaped like the state, {tuple(state.shape)}, {state.dtype} "
+                             f"on {state.device}; got {got}")
+        if x.data_ptr() != state.data_ptr():
+            state.copy_(x)
 
     # -- the walk -----------------------------------------------------------------------------
     def request(self) -> StepRequest:

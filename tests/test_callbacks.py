@@ -80,7 +80,7 @@ def test_a_replacement_keeps_the_walks_past(policy):
 
 
 def test_a_callback_that_returns_the_state_unchanged_changes_nothing():
-    assert torch.equal(run(Recording(), lambda info: info["x"]), run(Recording(), None))
+    assert torch.equal(run(Recording(), lambda info: info["x_next"]), run(Recording(), None))
 
 
 @pytest.mark.parametrize("answer", [{"stop": True}, {"stop": True, "x": "new"}], ids=["stop", "stop+x"])
@@ -97,7 +97,7 @@ def test_stop_ends_the_walk_and_returns_the_state_after_that_step(answer):
     x = run(model, callback)
     assert len(model.inputs) == 5 and [s["step"] for s in seen] == [0, 1, 2, 3, 4]
     assert seen[-1]["steps"] == STEPS
-    assert torch.equal(x, new if "x" in answer else seen[-1]["x"])
+    assert torch.equal(x, new if "x" in answer else seen[-1]["x_next"])
 
 
 def test_stop_false_continues():

@@ -90,7 +90,7 @@ def ltc_trajectory(model, schedule, sampler, x_T, extra_args):
     states, denoised = [x_T], []
 
     def record(info):
-        states.append(info["x"])
+        states.append(info["x_next"])
         denoised.append(info["denoised"])
 
     ltc.sample(model, schedule, sampler=sampler, noise=x_T, model_kwargs=extra_args, callback=record,

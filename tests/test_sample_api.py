@@ -35,7 +35,7 @@ def test_flow_and_x0_parameterisations_give_the_same_samples():
 def test_eps_prediction_on_a_flow_grid_starting_at_pure_noise_is_refused():
     oracle = GaussianMixture.random(FLOW, dim=6)
     with pytest.raises(ValueError, match="PX of step 0 is not finite"):
-        ltc.sample(oracle.as_prediction("eps"), FLOW, steps=5, noise=noise(), progress=False)
+        ltc.sample(oracle.as_prediction("eps"), FLOW, sampler="euler", steps=5, noise=noise(), progress=False)
 
 
 def test_same_seed_same_result():
@@ -128,7 +128,7 @@ def call(**kw):
     (dict(model_fns=Model(model, "eps"), prediction="x0"), ValueError, "contradicts"),
     (dict(prediction="score", model_fns=model), ValueError, "prediction must be one of"),
     (dict(schedule="scaled_linear"), TypeError, "schedule must be an ltc.Schedule"),
-    (dict(sampler="heun"), ValueError, "sampler must be one of"),
+    (dict(sampler="rk4"), ValueError, "sampler must be one of"),
     (dict(steps=0), ValueError, "steps must be >= 1"),
     (dict(steps=1001), ValueError, "steps must be <="),
     (dict(noise=None), ValueError, "give noise"),

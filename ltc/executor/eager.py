@@ -8,14 +8,17 @@ record of the first bad step and raises once after the loop.
 
 Callbacks (``ltc.sample(..., callback=fn)``; eager only -- a callback makes ``graph="auto"`` sample
 eagerly and ``graph=True`` an error, :func:`ltc.executor.graph.check_option`).  After step ``i``,
-``fn(info)`` gets a dict of copies (it may keep them): ``step`` (i), ``steps`` (N), ``x`` (the new
-state x_{i+1}, ``[B, *S]``), ``denoised`` (D_i, the clean estimate of the step), ``t``, ``sigma``,
-``sigma_next`` (host floats of points i and i+1) and ``model`` (the name of the model called, or
-None for an extrapolated step).  What it returns steers the walk, as diffusers'
-``callback_on_step_end`` does:
+``fn(info)`` gets a dict of copies (it may keep them), with k-diffusion's keys -- ``i``, ``x`` (the
+state x_i the step started from, ``[B, *S]``), ``sigma`` (its noise level: ltc's sigma, the
+coefficient of the noise in x = alpha x0 + sigma eps), ``sigma_hat`` (= ``sigma``: ltc adds no churn)
+and ``denoised`` (D_i, the clean estimate at x_i) all refer to point i -- and ``step`` (= i),
+``steps`` (N), ``x_next`` (the new state x_{i+1}), ``t`` (the model time of point i), ``sigma_next``
+(host floats) and ``model`` (the name of the model called, or None for an extrapolated step).
+What it returns steers the walk, as diffusers' ``callback_on_step_end`` does:
 
 * ``None`` -- continue.
-* a tensor -- the state to continue from: copied into the walk's state in place of x_{i+1}; it
+* a tensor -- the state to continue from: copied into the walk's state in place of x_{i+1}
+  (``x_next``, not ``x``); it
   must have the state's shape, dtype and device and be finite.  The past (the clean estimates a
   multistep sampler reads, the previous state an LTC extrapolation reads) is kept.
 * a dict with the keys ``"x"`` (a tensor, as above) and/or ``"stop"`` (a bool): ``{"stop": True}``
@@ -37,7 +40,7 @@ STEERING_KEYS = ("x", "stop")
 
 def run_eager(plan: Plan, models, noise: torch.Tensor, *, ops, model_kwargs=None,
               generator: torch.Generator | None = None, callback=None, progress: bool = False,
-              check_finite: str = "auto") -> torch.Tensor:
+              check_finite: str = "auto", step_noise=None) -> torch.Tensor:
     """Sample from ``noise`` (``[B, *S]``, the state at the first grid point) along ``plan``.
 
     ``models``: the :class:`ltc.Model` of each model index; ``ops``: a backend module of
@@ -46,7 +49,7 @@ def run_eager(plan: Plan, models, noise: torch.Tensor, *, ops, model_kwargs=None
     module docstring (it may replace the state or stop the walk early).
     """
     walk = Walk(plan, models, noise, ops=ops, model_kwargs=model_kwargs, generator=generator,
-                check_finite=check_finite)
+                check_finite=check_finite, step_noise=step_noise)
     bar = tqdm(total=plan.steps, desc="ltc.sample", leave=False) if progress else None
     try:
         with torch.no_grad():  # models with trainable weights keep no activations for backward
@@ -69,8 +72,10 @@ def _report(callback, walk: Walk, i: int) -> bool:
     """``callback`` with step ``i``'s result (copies: the buffers are reused two steps later, and a
     callback may keep what it gets), then what it returned applied; True when it asks to stop."""
     plan, k = walk.plan, walk.plan.models[i]
-    answer = callback({"step": i, "steps": plan.steps, "x": walk.state(i + 1).clone(), "t": plan.grid.t[i],
-                       "sigma": plan.grid.sigma[i], "sigma_next": plan.grid.sigma[i + 1],
+    sigma = float(plan.grid.sigma[i])
+    answer = callback({"step": i, "i": i, "steps": plan.steps, "x": walk.state(i).clone(),
+                       "x_next": walk.state(i + 1).clone(), "t": float(plan.grid.t[i]), "sigma": sigma,
+                       "sigma_hat": sigma, "sigma_next": float(plan.grid.sigma[i + 1]),
                        "denoised": walk.hist[i % HISTORY_SLOTS].clone(),
                        "model": None if k == EXTRAPOLATE else walk.models[k].name})
     if answer is None:

@@ -89,7 +89,7 @@ def _is_option(graph) -> bool:
     return graph is True or graph is False or (isinstance(graph, str) and graph in OPTIONS)
 
 
-def check_option(graph, device, callback=None, check_finite: str = "auto") -> str | None:
+def check_option(graph, device, callback=None, check_finite: str = "auto", step_noise=None) -> str | None:
     """Validate ``graph`` for a run on ``device``; returns why the run will be eager (None when
     graphs will be tried).  Raises ValueError when graphs are demanded but cannot be used."""
     if not _is_option(graph):
@@ -104,6 +104,9 @@ def check_option(graph, device, callback=None, check_finite: str = "auto") -> st
                   "(use graph=False, or no callback)")
     elif check_finite == "step":
         reason = "check_finite='step' copies a check to the host after every model call; use 'end' with graphs"
+    elif step_noise is not None:
+        reason = ("step_noise feeds given noise to every step from the host; a captured walk draws its own "
+                  "(use graph=False with step_noise, or generator= with graphs)")
     else:
         return None
     if graph != "auto":
@@ -204,8 +207,9 @@ def _sample(mode, plan, models, noise, ops, ops_name, kwargs, generator, check, 
 
 
 def run(plan, models, noise, *, graph="auto", ops, ops_name: str, model_kwargs=None, generator=None,
-        callback=None, progress: bool = False, check_finite: str = "auto"):
+        callback=None, progress: bool = False, check_finite: str = "auto", step_noise=None):
     """Sample along ``plan`` from ``noise`` with graphs when ``graph`` allows, else eagerly.
+    ``step_noise`` (given per-step noise, :class:`ltc.executor.walk.Walk`) means eager.
 
     Returns ``(samples, executor, note)``: executor is one of EXECUTORS, note says why graphs
     were not used (or None).  ``graph="auto"`` samples a new key (plan, shapes, models, ...)
@@ -216,7 +220,7 @@ def run(plan, models, noise, *, graph="auto", ops, ops_name: str, model_kwargs=N
     ``"whole"`` / ``"step"`` demand that mode.
     """
     kwargs = model_kwargs or {}
-    note = check_option(graph, noise.device, callback, check_finite)
+    note = check_option(graph, noise.device, callback, check_finite, step_noise)
     if note is None:
         check = check_finite != "off"
         modes = ("whole", "step") if graph in ("auto", True) else (graph,)
@@ -241,5 +245,5 @@ def run(plan, models, noise, *, graph="auto", ops, ops_name: str, model_kwargs=N
                 raise type(last)(note) from last
             warnings.warn(f"graph='auto' samples eagerly: {note}", GraphFallbackWarning, stacklevel=3)
     x = run_eager(plan, models, noise, ops=ops, model_kwargs=model_kwargs, generator=generator,
-                  callback=callback, progress=progress, check_finite=check_finite)
+                  callback=callback, progress=progress, check_finite=check_finite, step_noise=step_noise)
     return x, "eager", note

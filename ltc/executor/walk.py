@@ -18,7 +18,8 @@ walk, :class:`ltc.Stepper` and the LTC calibration walk are all built on it.
 
 ``check_finite`` covers every step, model step or extrapolated: what the step wrote (x_{i+1};
 for an extrapolated step also D_i) and, for a model step, the model output.  ``"step"`` copies
-one flag to the host after every step and raises at once; ``"end"`` records the flags on the
+one value to the host after every step (the sum of what it wrote: finite proves every element
+finite, :func:`sum_is_finite`; else the exact check decides) and raises at once; ``"end"`` records the flags on the
 device (no sync) and :meth:`Walk.finish` raises after the loop (one copy of ``finite``); ``"off"``
 checks nothing.  Since the noise and every earlier step were finite, the first bad step's own
 computation is the source, and the :class:`NonFiniteError` names it: the model (its output), the
@@ -27,6 +28,7 @@ weight) of that step.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -77,6 +79,45 @@ def all_finite(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor
     operations where ``torch.isfinite`` takes four before the reduction: ``x - x`` is exactly 0
     where ``x`` is finite and NaN where it is NaN or +-Inf."""
     return torch.all(torch.eq(x - x, 0), out=out) if out is not None else torch.eq(x - x, 0).all()
+
+
+def sum_is_finite(tensors) -> bool:
+    """Whether the sum of all elements of ``tensors`` is finite, which proves that every element
+    is: a sum with a NaN term is NaN and one with an infinite term is infinite or NaN, in any
+    summation order (an infinity never cancels back to a finite value).  False proves nothing
+    (finite values may overflow the sum): :func:`all_finite` decides then.  One reduction per
+    tensor (accumulated in the compute dtype) and one host read; ``all_finite`` makes three
+    passes and a ``[B, *S]`` bool temporary."""
+    total = None
+    for t in tensors:
+        part = t.sum(dtype=compute_dtype(t.dtype))
+        total = part if total is None else total + part
+    return math.isfinite(total.item())
+
+
+def check_step_noise(step_noise, plan: Plan, x: torch.Tensor):
+    """``step_noise`` checked for a walk of ``plan`` from states like ``x`` ``[B, *S]``: None, a
+    ``[N, B, *S]`` tensor of x's dtype and device with finite values (N = plan rows), or a callable
+    ``fn(i) -> [B, *S]`` (checked per step).  Refused for a plan that draws no noise (it would be
+    ignored)."""
+    if step_noise is None:
+        return None
+    if not any(plan.noisy):
+        raise ValueError(f"step_noise is given but {plan.sampler!r} draws no noise on this plan; pass step_noise "
+                         "only to stochastic samplers (e.g. dpmpp_2m_sde, euler_a, DDIM(eta=1))")
+    if isinstance(step_noise, torch.Tensor):
+        want = (plan.steps, *x.shape)
+        if tuple(step_noise.shape) != want or step_noise.dtype != x.dtype or step_noise.device != x.device:
+            raise ValueError(f"step_noise must be [N, B, *S] = {want} ({x.dtype} on {x.device}: one row of noise "
+                             f"per plan row), got {tuple(step_noise.shape)} ({step_noise.dtype} on "
+                             f"{step_noise.device})")
+        if not bool(all_finite(step_noise)):
+            raise ValueError("step_noise contains NaN or Inf")
+        return step_noise
+    if callable(step_noise):
+        return step_noise
+    raise TypeError(f"step_noise must be None, a tensor [N, B, *S] or a callable fn(i) -> [B, *S], got "
+                    f"{type(step_noise).__name__}")
 
 
 def check_conditioning(models, model_kwargs, batch: int, cfg: bool) -> None:
@@ -159,13 +200,16 @@ class Walk:
 
     ``models[k]`` is the :class:`ltc.Model` of model index k (the Stepper's never get called: they
     name the model in messages); ``ops`` is a step-op backend (:mod:`ltc.ops`); ``model_kwargs``
-    go to every model call; ``generator`` draws the per-step noise of stochastic samplers.
+    go to every model call; ``generator`` draws the per-step noise z of stochastic samplers, or
+    ``step_noise`` gives it: a ``[N, B, *S]`` tensor (row i is step i's z) or a callable
+    ``fn(i) -> [B, *S]`` (e.g. to replay another library's draws exactly; :func:`check_step_noise`).
     """
 
     def __init__(self, plan: Plan, models, template: torch.Tensor, *, ops, model_kwargs=None,
-                 generator: torch.Generator | None = None, check_finite: str = "auto"):
+                 generator: torch.Generator | None = None, check_finite: str = "auto", step_noise=None):
         device, dtype = template.device, template.dtype
         self.plan, self.models, self.ops, self.generator = plan, list(models), ops, generator
+        self.step_noise = check_step_noise(step_noise, plan, template)
         self.kwargs = check_model_kwargs(model_kwargs)
         check_conditioning(self.models, self.kwargs, template.shape[0], plan.cfg)
         self.check_finite = check_finite_mode(check_finite, device)
@@ -245,16 +289,31 @@ class Walk:
         if plan.models[i] == EXTRAPOLATE:
             ops.extrapolate_step(x, out, self.hist, coefs, i, out, reads=plan.history_reads[i])
         else:
-            z = None
-            if plan.noisy[i]:
-                gen_device = self.generator.device if self.generator is not None else x.device
-                z = torch.randn(x.shape, generator=self.generator, device=gen_device, dtype=x.dtype).to(x.device)
+            z = self._noise(i, x) if plan.noisy[i] else None
             ops.model_step(x, model_out, self.hist, coefs, i, out, reads=plan.history_reads[i], cfg=plan.cfg,
                            noise=z)
         if self.check_finite == "step":
             self._check_now(i, model_out, out)
         elif self.finite is not None:
             self._record(i, model_out, out, step_id)
+
+    def _noise(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Step ``i``'s fresh noise z, ``[B, *S]`` like ``x``: from ``step_noise`` or the generator."""
+        if isinstance(self.step_noise, torch.Tensor):
+            return self.step_noise[i]
+        if self.step_noise is not None:
+            z = self.step_noise(i)
+            where = f"step_noise({i})"
+            if not isinstance(z, torch.Tensor):
+                raise TypeError(f"{where} returned {type(z).__name__}; expected a tensor [B, *S] like the state")
+            if z.shape != x.shape or z.dtype != x.dtype or z.device != x.device:
+                raise ValueError(f"{where} returned shape {tuple(z.shape)}, {z.dtype} on {z.device}; expected "
+                                 f"{tuple(x.shape)}, {x.dtype} on {x.device} (the state's)")
+            if self.check_finite != "off" and not bool(all_finite(z)):
+                raise NonFiniteError(f"{where} returned NaN or Inf")
+            return z
+        gen_device = self.generator.device if self.generator is not None else x.device
+        return torch.randn(x.shape, generator=self.generator, device=gen_device, dtype=x.dtype).to(x.device)
 
     def _written(self, i: int, model_out, out: torch.Tensor) -> list[torch.Tensor]:
         """What step ``i`` wrote that must be checked.  A model step's x_{i+1} carries its model
@@ -269,11 +328,10 @@ class Walk:
         return [out, d_i]
 
     def _check_now(self, i: int, model_out, out: torch.Tensor) -> None:
-        """``"step"``: one flag to the host after every step."""
-        ok = None
-        for t in self._written(i, model_out, out):
-            ok = all_finite(t) if ok is None else ok & all_finite(t)
-        if not bool(ok):
+        """``"step"``: one value to the host after every step, the sum of what the step wrote
+        (finite: all finite, :func:`sum_is_finite`); else the exact check decides."""
+        written = self._written(i, model_out, out)
+        if not sum_is_finite(written) and not all(bool(all_finite(t)) for t in written):
             raise self._diagnose(i, model_out)
 
     def _record(self, i: int, model_out, out: torch.Tensor, step_id) -> None:
