@@ -20,6 +20,7 @@ SCRIPTS = {  # script -> the arguments the test passes, and a module it needs
     "calibrate_save_load.py": (["."], None),
     "tstitch_two_models.py": ([], None),
     "distributed_generate.py": (["samples"], None),
+    "diffusers_pipeline_one_line.py": ([], "diffusers"),
 }
 
 
