@@ -320,16 +320,22 @@ def train_alphas_cumprod(beta_schedule: str, num_train_timesteps: int = 1000,
     ``squaredcos_cap_v2``: Nichol & Dhariwal cosine, alpha_bar(s) = cos^2((s + 0.008)/1.008 * pi/2),
     beta_t = min(1 - alpha_bar((t+1)/T) / alpha_bar(t/T), 0.999).
     """
+    betas = _betas(beta_schedule, num_train_timesteps, beta_start, beta_end,
+                   lambda a, b, n: np.linspace(a, b, n, dtype=np.float64))
+    return np.cumprod(1.0 - betas)
+
+
+def _betas(beta_schedule: str, num_train_timesteps: int, beta_start, beta_end, linspace):
+    """The checked betas of ``beta_schedule``, their linear ramps drawn by ``linspace(a, b, n)`` (numpy
+    float64 for ltc's table, torch float32 for diffusers'); the cosine's in float64 (numpy)."""
     _check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
     T = _check_train_steps(num_train_timesteps)
     b0, b1 = _check_betas(beta_schedule, beta_start, beta_end)
     if beta_schedule == "linear":
-        betas = np.linspace(b0, b1, T, dtype=np.float64)
-    elif beta_schedule == "scaled_linear":
-        betas = np.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=np.float64) ** 2
-    else:
-        betas = _cosine_betas(T)
-    return np.cumprod(1.0 - betas)
+        return linspace(b0, b1, T)
+    if beta_schedule == "scaled_linear":
+        return linspace(b0 ** 0.5, b1 ** 0.5, T) ** 2
+    return _cosine_betas(T)
 
 
 def _cosine_betas(T: int) -> np.ndarray:
@@ -346,15 +352,8 @@ def diffusers_sigma_table(beta_schedule: str, num_train_timesteps: int = 1000, b
     round-off of :func:`train_alphas_cumprod`'s but *equal* to diffusers' (float32 array).  The
     rules ``"dpm_solver"`` and ``"euler"`` place their Karras points and round their model times on
     it, as diffusers does (a float64 table rounds about one Karras grid in ten differently)."""
-    _check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-    T = _check_train_steps(num_train_timesteps)
-    b0, b1 = _check_betas(beta_schedule, beta_start, beta_end)
-    if beta_schedule == "linear":
-        betas = torch.linspace(b0, b1, T, dtype=torch.float32)
-    elif beta_schedule == "scaled_linear":
-        betas = torch.linspace(b0 ** 0.5, b1 ** 0.5, T, dtype=torch.float32) ** 2
-    else:
-        betas = torch.tensor(_cosine_betas(T), dtype=torch.float32)
+    betas = torch.as_tensor(_betas(beta_schedule, num_train_timesteps, beta_start, beta_end,
+                                   lambda a, b, n: torch.linspace(a, b, n, dtype=torch.float32)), dtype=torch.float32)
     abar = torch.cumprod(1.0 - betas, dim=0)
     return (((1 - abar) / abar) ** 0.5).numpy()
 

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..plan import EXTRAPOLATE, HISTORY_SLOTS, Plan
-from .walk import Walk
+from .walk import Walk, check_like_state
 
 STEERING_KEYS = ("x", "stop")
 
@@ -100,11 +100,7 @@ def _report(callback, walk: Walk, i: int) -> bool:
 def _replace_state(state: torch.Tensor, new, i: int) -> None:
     """Copy the callback's replacement ``new`` into the walk's ``state`` after checking it."""
     where = f"the state the callback returned after step {i}"
-    if not isinstance(new, torch.Tensor):
-        raise TypeError(f"{where} is a {type(new).__name__}, expected a torch.Tensor")
-    if new.shape != state.shape or new.dtype != state.dtype or new.device != state.device:
-        raise ValueError(f"{where} has shape {tuple(new.shape)}, dtype {new.dtype}, device {new.device}; the "
-                         f"walk's state has shape {tuple(state.shape)}, dtype {state.dtype}, device {state.device}")
+    check_like_state(where, new, state)
     if not bool(torch.isfinite(new).all()):
         raise ValueError(f"{where} contains NaN or Inf")
     state.copy_(new)

@@ -95,6 +95,15 @@ def sum_is_finite(tensors) -> bool:
     return math.isfinite(total.item())
 
 
+def check_like_state(where: str, value, state: torch.Tensor) -> None:
+    """``value`` (described by ``where``) is a tensor with the walk state's shape, dtype and device."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where} is a {type(value).__name__}, expected a torch.Tensor")
+    if value.shape != state.shape or value.dtype != state.dtype or value.device != state.device:
+        raise ValueError(f"{where} has shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}; the "
+                         f"walk's state has shape {tuple(state.shape)}, dtype {state.dtype}, device {state.device}")
+
+
 def check_step_noise(step_noise, plan: Plan, x: torch.Tensor):
     """``step_noise`` checked for a walk of ``plan`` from states like ``x`` ``[B, *S]``: None, a
     ``[N, B, *S]`` tensor of x's dtype and device with finite values (N = plan rows), or a callable
@@ -303,14 +312,9 @@ class Walk:
             return self.step_noise[i]
         if self.step_noise is not None:
             z = self.step_noise(i)
-            where = f"step_noise({i})"
-            if not isinstance(z, torch.Tensor):
-                raise TypeError(f"{where} returned {type(z).__name__}; expected a tensor [B, *S] like the state")
-            if z.shape != x.shape or z.dtype != x.dtype or z.device != x.device:
-                raise ValueError(f"{where} returned shape {tuple(z.shape)}, {z.dtype} on {z.device}; expected "
-                                 f"{tuple(x.shape)}, {x.dtype} on {x.device} (the state's)")
+            check_like_state(f"the tensor step_noise({i}) returned", z, x)
             if self.check_finite != "off" and not bool(all_finite(z)):
-                raise NonFiniteError(f"{where} returned NaN or Inf")
+                raise NonFiniteError(f"step_noise({i}) returned NaN or Inf")
             return z
         gen_device = self.generator.device if self.generator is not None else x.device
         return torch.randn(x.shape, generator=self.generator, device=gen_device, dtype=x.dtype).to(x.device)
