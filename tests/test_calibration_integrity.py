@@ -255,7 +255,37 @@ def test_a_version_1_file_is_refused_naming_both_versions(saved):
     m = {k: v for k, v in m.items() if k != "fitted_on"}
     m.update(format_version="1", content_sha256=io.tensors_digest(t))
     save_file(t, str(saved), metadata=m)
-    with pytest.raises(ValueError, match=r"format version 1; this ltc .* reads version 2 only\. Recalibrate"):
+    with pytest.raises(ValueError, match=r"format version 1; this ltc .* reads version 3 only\. Recalibrate"):
+        ltc.Calibration.load(saved)
+
+
+def test_a_version_2_file_judged_by_the_old_rule_is_refused_naming_both_versions(saved):
+    t, m = io.read_checked(saved, FILE_FORMAT)                  # as version 2 wrote it: no weights_fit, validation
+    t = {k: v for k, v in t.items() if k != "weights_fit"}
+    m = {k: v for k, v in m.items() if k not in ("validation", "content_sha256")}
+    m["format_version"] = "2"
+    m["content_sha256"] = io.content_digest(t, m)
+    save_file(t, str(saved), metadata=m)
+    with pytest.raises(ValueError, match=r"format version 2; this ltc .* reads version 3 only\. Recalibrate"):
+        ltc.Calibration.load(saved)
+
+
+def test_weights_that_contradict_the_decision_are_refused_even_when_signed(fitted, tmp_path):
+    _, model, _ = fitted
+    cal = quiet_calibrate(model, report=True, noise=noise((6, *LATENT)))
+    path = tmp_path / "cal.safetensors"
+    cal.save(path)
+    t, _ = io.read_checked(path, FILE_FORMAT)
+    edit(path, tensors={"weights": t["weights_fit"] + 0.5}, sign=True)   # neither the fit nor w = 1
+    with pytest.raises(ValueError, match="contradict the report's decision"):
+        ltc.Calibration.load(path)
+
+
+@pytest.mark.parametrize("validation", [{"held_out": "maybe", "fit_noises": 3, "judged_noises": 3},
+                                        {"held_out": "split", "fit_noises": -1, "judged_noises": 3}, []])
+def test_a_malformed_validation_record_is_refused(saved, validation):
+    edit(saved, meta={"validation": json.dumps(validation)}, sign=True)
+    with pytest.raises(ValueError, match="metadata validation must be"):
         ltc.Calibration.load(saved)
 
 

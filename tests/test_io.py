@@ -13,6 +13,7 @@ import ltc
 import ltc.io as io
 import ltc.zoo as zoo
 from ltc.calibration import Calibration
+from ltc.calibration.file import FILE_FORMAT as CALIBRATION_FILE
 from ltc.io import FileFormat, FormatError, read_checked, write_checked
 from ltc.zoo.loader import WEIGHTS_FORMAT
 
@@ -196,10 +197,10 @@ def test_a_file_added_to_the_shipped_folders_without_a_pin_is_refused(shipped_co
 def test_shipped_data_and_calibrations_are_pinned_too(shipped_copy):
     cal = shipped_copy / "calibrations" / "demo_ltc.safetensors"
     Calibration.load(cal)
-    tensors, meta = read_checked(cal, FileFormat("ltc-calibration", 2, extra_metadata=True))
+    tensors, meta = read_checked(cal, FileFormat("ltc-calibration", CALIBRATION_FILE.version, extra_metadata=True))
     meta = {k: v for k, v in meta.items() if k not in io.RESERVED}
     meta["accepted"] = "true"
-    write_checked(cal, tensors, meta, FileFormat("ltc-calibration", 2, extra_metadata=True))
+    write_checked(cal, tensors, meta, FileFormat("ltc-calibration", CALIBRATION_FILE.version, extra_metadata=True))
     with pytest.raises(ValueError, match="pinned"):
         Calibration.load(cal)
     data = shipped_copy / "data" / "digits.safetensors"

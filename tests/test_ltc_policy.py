@@ -44,8 +44,10 @@ def draw(model, policy, schedule=VP, steps=20, sampler="ddim", x=None, **kw):
 
 @pytest.mark.parametrize("steps, kwargs, expected_skips", [
     (40, {}, list(range(11, 40, 2))),                                  # the reference default: 25 calls of 40
-    (20, {}, [6, 8, 10, 12, 14, 16, 18]),
-    (20, {"interval": (0.5, 1.0), "every": 3}, [12, 15, 18]),
+    (20, {}, [7, 9, 11, 13, 15, 17, 19]),                              # the reference's odd steps above N/4
+    (20, {"phase": "interval"}, [6, 8, 10, 12, 14, 16, 18]),           # ltc 0.1: counted from floor(N/4) = 5
+    (20, {"interval": (0.5, 1.0), "every": 3}, [11, 14, 17]),
+    (20, {"interval": (0.5, 1.0), "every": 3, "phase": "interval"}, [12, 15, 18]),
     (20, {"interval": (4, 12), "every": 2}, [5, 7, 9, 11]),
     (20, {"interval": (4, None), "every": 4}, [7, 11, 15, 19]),
     (20, {"skip": [3, 9, 10 + 2]}, [3, 9, 12]),
@@ -60,6 +62,28 @@ def test_planned_nfe_is_exact_and_skipped_steps_never_call_the_model(steps, kwar
     assert model.times == called
 
 
+def reference_skips(N: int) -> list[int]:
+    """The reference code's rule, transcribed: the odd i with N/4 < i < N."""
+    return [i for i in range(N) if i % 2 == 1 and N / 4 < i < N]
+
+
+@pytest.mark.parametrize("N", list(range(8, 41)) + [50, 51, 100])
+def test_default_extrapolated_steps_are_the_reference_codes(N):
+    assert LTC().extrapolated_steps(N) == reference_skips(N)
+    old = [i for i in range(N // 4, N) if (i - N // 4) % 2 == 1]          # ltc 0.1's rule
+    assert LTC(phase="interval").extrapolated_steps(N) == old
+    assert (old == reference_skips(N)) == (N // 4 % 2 == 0)              # they differ iff floor(N/4) is odd
+
+
+def test_the_phase_is_part_of_the_structure_the_key_and_the_repr():
+    grid = VP.discretize(24)                                             # floor(24/4) = 6: the same steps
+    ref, old = LTC(), LTC(phase="interval")
+    assert ref.extrapolated_steps(24) == old.extrapolated_steps(24)
+    assert ref.structure()["phase"] == "reference" and old.structure()["phase"] == "interval"
+    assert ref.calibration_key(grid, DDIM()) != old.calibration_key(grid, DDIM())
+    assert "phase='interval'" in repr(old) and old.replace(every=3).phase == "interval"
+
+
 def test_interval_fractions_and_indices_give_the_same_plan():
     grid = VP.discretize(40)
     a = LTC(interval=(0.25, 1.0)).decide(grid, DDIM(), 1)
@@ -71,10 +95,10 @@ def test_extrapolated_step_is_x_plus_w_gamma_times_the_last_transition():
     grid, w = VP.discretize(20), 0.7
     states = []
     x, info = draw(GaussianMixture.random(VP, dim=8, seed=1), LTC(state="x", weights=w),
-                   callback=lambda d: states.append(d["x"].clone()))
+                   callback=lambda d: states.append(d["x_next"].clone()))
     sigma = grid.sigma
     states = [noise()] + states
-    for i in [6, 12, 18]:
+    for i in [7, 13, 19]:
         gamma = (sigma[i + 1] - sigma[i]) / (sigma[i] - sigma[i - 1])
         expected = states[i] + w * gamma * (states[i] - states[i - 1])
         torch.testing.assert_close(states[i + 1], expected, rtol=0, atol=1e-12)
@@ -85,9 +109,9 @@ def test_history_after_a_skip_is_the_x0_implied_by_the_first_order_step():
     A, B0 = get_sampler("dpmpp_2m").first_order(grid)
     seen = []
     draw(GaussianMixture.random(VP, dim=8, seed=1), LTC(), sampler="dpmpp_2m",
-         callback=lambda d: seen.append((d["x"].clone(), d["denoised"].clone())))
+         callback=lambda d: seen.append((d["x_next"].clone(), d["denoised"].clone())))
     xs = [noise()] + [s[0] for s in seen]
-    for i in [6, 10, 18]:
+    for i in [7, 11, 19]:
         implied = seen[i][1]
         torch.testing.assert_close(A[i] * xs[i] + B0[i] * implied, xs[i + 1], rtol=0, atol=1e-12)
 
@@ -107,10 +131,10 @@ def test_state_x_over_alpha_extrapolates_the_scaled_state():
     grid, w = VP.discretize(20), 0.8
     seen = []
     draw(GaussianMixture.random(VP, dim=8, seed=1), LTC(state="x/alpha", weights=w),
-         callback=lambda d: seen.append(d["x"].clone()))
+         callback=lambda d: seen.append(d["x_next"].clone()))
     u = [x / a for x, a in zip([noise()] + seen, grid.alpha)]
     s = grid.sigma
-    for i in [6, 12, 18]:
+    for i in [7, 13, 19]:
         gamma = (s[i + 1] - s[i]) / (s[i] - s[i - 1])
         torch.testing.assert_close(u[i + 1], u[i] + w * gamma * (u[i] - u[i - 1]), rtol=0, atol=1e-12)
 
@@ -120,10 +144,10 @@ def test_state_x0_extrapolates_the_model_output_then_takes_a_first_order_step():
     A, B0 = DDIM().first_order(grid)
     seen = []
     draw(GaussianMixture.random(VP, dim=8, seed=1), LTC(state="x0", weights=w), sampler="dpmpp_2m",
-         callback=lambda d: seen.append((d["x"].clone(), d["denoised"].clone())))
+         callback=lambda d: seen.append((d["x_next"].clone(), d["denoised"].clone())))
     xs, D = [noise()] + [v[0] for v in seen], [v[1] for v in seen]
     s = grid.sigma
-    for i in [6, 12, 18]:
+    for i in [7, 13, 19]:
         gamma = (s[i] - s[i - 1]) / (s[i - 1] - s[i - 2])   # the ratio of the points of D_{i-2}, D_{i-1}, D_i
         d_i = D[i - 1] + w * gamma * (D[i - 1] - D[i - 2])
         torch.testing.assert_close(D[i], d_i, rtol=0, atol=1e-12)
@@ -182,8 +206,8 @@ def test_composes_with_tstitch_either_way():
         small.times, large.times = [], []
         _, info = draw([small, large], policy)
         models = info.plan.models
-        assert models[:8] == (0,) * 6 + (EXTRAPOLATE, 0)
-        assert [i for i, m in enumerate(models) if m == EXTRAPOLATE] == [6, 8, 10, 12, 14, 16, 18]
+        assert models[:9] == (0,) * 7 + (EXTRAPOLATE, 1)
+        assert [i for i, m in enumerate(models) if m == EXTRAPOLATE] == [7, 9, 11, 13, 15, 17, 19]
         assert info.nfe_per_model == [7, 6] and len(small.times) == 7 and len(large.times) == 6
 
 
@@ -206,6 +230,8 @@ def test_per_step_weights_enter_the_plan():
     ({"skip": [4, 5]}, "consecutive"),
     ({"progress": "time"}, "progress must be one of"),
     ({"state": "eps"}, "state must be one of"),
+    ({"phase": "odd"}, "phase must be one of"),
+    ({"skip": [3, 5], "phase": "interval"}, "give either skip .* or phase .*phase='interval' would be ignored"),
     ({"weights": "x"}, "weights"),
     ({"interval": 0.25}, "interval must be a pair"),
     ({"interval": (12, 10)}, "start must be below end"),

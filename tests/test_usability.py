@@ -27,7 +27,7 @@ def test_print_info_is_one_line_with_a_readable_plan():
                          generator=torch.Generator().manual_seed(0), progress=False)
     text = repr(info)
     assert "\n" not in text and len(text) < 600 and "array(" not in text and "tensor(" not in text
-    assert ("step models 000000x0x0x0x0x0x0x0 (k: model k, x: extrapolated)" in text
+    assert ("step models 0000000x0x0x0x0x0x0x (k: model k, x: extrapolated)" in text
             and "nfe=13 (per model 13)" in text)
     assert repr(info.plan) == info.plan.describe()
 

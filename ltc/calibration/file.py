@@ -1,11 +1,13 @@
 """A calibration of LTC weights: what :func:`ltc.calibrate` returns, saved as safetensors.
 
 A :class:`Calibration` holds, for one (grid, sampler, LTC structure), the weight ``w_k`` of each of
-the K extrapolated steps, the fit diagnostics and the comparison report, and is valid only for the
-plans it was made for: its ``key`` (:func:`ltc.policies.ltc_accel.calibration_key`) fingerprints
-the exact grid, the sampler, the extrapolated steps, the progress variable, the state and the base
-policy.  ``LTC(weights=cal)`` / :meth:`Calibration.policy` check the key when the plan is
-compiled; a mismatch is a ValueError naming what differs.
+the K extrapolated steps (the fitted ones, or 1 where the judge found w = 1 at least as good), the
+fit diagnostics, the comparison report and which noises fitted and judged (``validation``), and is
+valid only for the plans it was made for: its ``key`` (:func:`ltc.policies.ltc_accel.calibration_key`)
+fingerprints the exact grid, the sampler, the extrapolated steps and the rule that chose them
+(``phase``), the progress variable, the state and the base policy.  ``LTC(weights=cal)`` /
+:meth:`Calibration.policy` check the key when the plan is compiled; a mismatch is a ValueError
+naming what differs.
 
 What a calibration was fitted on (``fitted_on``): the guidance scale, the shape ``[*S]`` of one
 sample, and for each model its plan calls (in model-index order) the model's name, the sha256 of
@@ -21,26 +23,31 @@ warning.
 
 File format (no pickle): an :mod:`ltc.io` file of format ``ltc-calibration``, whose tensors are
 
-    weights, weights_step, gamma, residual, w_mean, w_std   float64 [K]
+    weights, weights_fit, weights_step, gamma, residual,
+    w_mean, w_std                                           float64 [K]
     steps                                                   int64   [K]
     coherence                                               float64 [N-1]
     grid_t, grid_alpha, grid_sigma                          float64 [N+1]
 
 and whose string metadata holds ``format`` (``"ltc-calibration"``), ``format_version``,
 ``ltc_version``, ``key``, ``family``, JSON fields (``sampler``, ``structure``, ``fit``, ``cost``,
-``report``, ``fitted_on``), ``accepted``, the printed ``summary`` and ``content_sha256`` (the
+``report``, ``fitted_on``, ``validation``), ``accepted``, the printed ``summary`` and ``content_sha256`` (the
 :func:`ltc.io.content_digest` of every tensor *and* every other metadata field).
 :meth:`Calibration.load` rejects a missing file, a file that is not safetensors (truncated,
 corrupted), another format version, missing or extra tensors or metadata, a digest mismatch (one
 changed byte anywhere), a shipped file that differs from its pinned sha256, inconsistent shapes,
-non-finite weights, gammas or grid, an ``accepted`` that contradicts the report, and a key that
-does not match the stored grid and structure.
+non-finite weights, gammas or grid, an ``accepted`` or ``weights`` that contradict the report's
+decision (``weights`` must be 1 where it chose w = 1, else ``weights_fit``), and a key that does not
+match the stored grid and structure.
 
 Two version numbers, two reasons to bump:
 
 * ``FORMAT_VERSION`` (here): the file layout -- a tensor or metadata field added, removed or
   reinterpreted, or the digest's definition.  Older files then fail to load with a message naming
-  both versions.  (Version 2: the digest covers the metadata, ``fitted_on`` was added.)
+  both versions.  (Version 2: the digest covers the metadata, ``fitted_on`` was added.  Version 3:
+  ``weights_fit`` and ``validation``, the report of the judge with uncertainty on held-out noises,
+  :mod:`ltc.calibration.report`; version 2 files were judged by a rule that could be fooled and
+  are refused.)
 * ``CALIBRATION_FORMAT`` (:mod:`ltc.policies.ltc_accel`, inside every ``key``): what a weight
   means -- the formulas of ``LTC.rows`` / ``LTC.gammas``, the history rule, the choice of the
   extrapolated steps.  Changing any of them without a bump would load every saved calibration
@@ -68,30 +75,33 @@ from ..schedule import Grid
 from .report import format_summary
 
 FORMAT = "ltc-calibration"
-FORMAT_VERSION = 2
-PER_STEP = ("weights", "weights_step", "gamma", "residual", "w_mean", "w_std")
+FORMAT_VERSION = 3
+PER_STEP = ("weights", "weights_fit", "weights_step", "gamma", "residual", "w_mean", "w_std")
 TENSORS = PER_STEP + ("steps", "coherence", "grid_t", "grid_alpha", "grid_sigma")
-JSON_FIELDS = ("sampler", "structure", "fit", "cost", "report", "fitted_on")
+JSON_FIELDS = ("sampler", "structure", "fit", "cost", "report", "fitted_on", "validation")
 METADATA = ("ltc_version", "key", "family") + JSON_FIELDS + ("accepted", "summary")
 FILE_FORMAT = FileFormat(FORMAT, FORMAT_VERSION, tensors=TENSORS, metadata=METADATA,
                          regenerate="Recalibrate (ltc.calibrate) and save it again; the shipped demo files: "
                                     "LTC_HOME=/tmp/ltc python -m ltc demo --recalibrate, copy /tmp/ltc/calibrations/*.safetensors "
                                     "into ltc/zoo/calibrations/, then python -m ltc.zoo.train pin.")
-FINITE = ("weights", "weights_step", "gamma")  # the numbers sampling uses (diagnostics may be NaN)
+FINITE = ("weights", "weights_fit", "weights_step", "gamma")  # the numbers sampling uses (diagnostics may be NaN)
 
 
 @dataclass(frozen=True, eq=False)
 class Calibration:
     """Weights and diagnostics of one LTC calibration (see the module docstring).
 
-    Per extrapolated step k (``[K]``): ``steps`` (indices), ``weights`` (the fitted w), ``weights_step``
-    (the one-step least-squares fit), ``gamma``, ``residual`` (pooled relative residual of the
+    Per extrapolated step k (``[K]``): ``steps`` (indices), ``weights`` (what sampling uses: the fitted
+    w, or 1 where the report chose w = 1), ``weights_fit`` (the fitted w; None: ``weights``),
+    ``weights_step`` (the one-step least-squares fit), ``gamma``, ``residual`` (pooled relative residual of the
     one-step fit, sum_b |x* - x_ext|^2 / sum_b |x* - x_i|^2), ``w_mean`` / ``w_std`` (per-sample
     one-step optima across the batch).  ``coherence [N-1]``: mean over the batch of
     cos(Delta_{i-1}, Delta_i), i = 1..N-1, on the full-N trajectory.  ``report``: the comparison
     rows and the refusal decision (:mod:`ltc.calibration.report`).  ``fitted_on``: the models,
     guidance scale and sample shape it was fitted on (see the module docstring; empty for a
-    calibration made by hand, which then cannot be checked against a run).
+    calibration made by hand, which then cannot be checked against a run).  ``validation``: how
+    many noises fitted and how many judged, and where the judged ones came from
+    (:mod:`ltc.calibration.split`).
     """
 
     weights: np.ndarray
@@ -111,22 +121,33 @@ class Calibration:
     report: dict = field(default_factory=dict)
     version: str = ""
     fitted_on: dict = field(default_factory=dict)
+    weights_fit: np.ndarray | None = None
+    validation: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        w = np.asarray(self.weights, dtype=np.float64)
-        if w.ndim != 1 or w.shape != np.shape(self.steps):
-            raise ValueError(f"a calibration needs one weight per extrapolated step: weights have shape {w.shape}, "
-                             f"steps {np.shape(self.steps)}")
-        bad = [int(s) for s, v in zip(np.asarray(self.steps).tolist(), w) if not math.isfinite(v)]
-        if bad:
-            raise ValueError(f"the calibration's weights are not finite at extrapolated steps {bad}: "
-                             f"{w.tolist()}")
+        if self.weights_fit is None:
+            object.__setattr__(self, "weights_fit", np.array(self.weights, dtype=np.float64))
+        for name in ("weights", "weights_fit"):
+            w = np.asarray(getattr(self, name), dtype=np.float64)
+            if w.ndim != 1 or w.shape != np.shape(self.steps):
+                raise ValueError(f"a calibration needs one weight per extrapolated step: {name} have shape {w.shape}, "
+                                 f"steps {np.shape(self.steps)}")
+            bad = [int(s) for s, v in zip(np.asarray(self.steps).tolist(), w) if not math.isfinite(v)]
+            if bad:
+                raise ValueError(f"the calibration's {name} are not finite at extrapolated steps {bad}: "
+                                 f"{w.tolist()}")
 
     # -- decisions -------------------------------------------------------------------------------
     @property
     def accepted(self) -> bool | None:
         """The refusal rule's decision (None when no report was made)."""
         return self.report.get("decision", {}).get("accepted")
+
+    @property
+    def verdict(self) -> str | None:
+        """``"accepted"``, ``"plain better"``, ``"cannot tell"`` or ``"too few noises"``
+        (:mod:`ltc.calibration.report`); None when no report was made."""
+        return self.report.get("decision", {}).get("verdict")
 
     @property
     def nfe(self) -> int:
@@ -142,7 +163,9 @@ class Calibration:
         if s.get("base") is not None and (base is None or base.config() != s["base"]):
             raise ValueError(f"this calibration was made on top of the base policy {s['base']}; pass that policy "
                              "as base=")
-        return LTC(interval=tuple(s["interval"]), every=s["every"], skip=s["skip"], progress=s["progress"],
+        if s["skip"] is not None:
+            return LTC(skip=s["skip"], progress=s["progress"], state=s["state"], weights=self, base=base)
+        return LTC(interval=tuple(s["interval"]), every=s["every"], phase=s["phase"], progress=s["progress"],
                    state=s["state"], weights=self, base=base)
 
     def check(self, grid: Grid, sampler, policy: LTC) -> None:
@@ -157,7 +180,7 @@ class Calibration:
         if sampler.config() != self.sampler:
             diffs.append(f"sampler {self.sampler} (plan: {sampler.config()})")
         mine = policy.structure()
-        for name in ("progress", "state", "base"):
+        for name in ("phase", "progress", "state", "base"):
             if mine[name] != self.structure[name]:
                 diffs.append(f"{name} {self.structure[name]!r} (plan: {mine[name]!r})")
         if not diffs and grid.steps == self.grid.steps:
@@ -242,6 +265,7 @@ class Calibration:
             raise ValueError(f"{path}: metadata accepted={meta['accepted']} contradicts the report's decision "
                              f"{decision.get('accepted')}")
         _check_fitted_on(path, parsed["fitted_on"])
+        _check_validation(path, parsed["validation"])
         arrays = {k: v.numpy() for k, v in tensors.items()}
         K = arrays["weights"].shape
         bad = [n for n in PER_STEP + ("steps",) if arrays[n].shape != K or arrays[n].ndim != 1]
@@ -256,12 +280,14 @@ class Calibration:
             raise ValueError(f"{path}: the stored grid is invalid: {exc}") from None
         if arrays["coherence"].shape != (max(grid.steps - 1, 0),):
             raise ValueError(f"{path}: coherence must have {grid.steps - 1} entries, got {arrays['coherence'].shape}")
+        _check_chosen_weights(path, arrays["weights"], arrays["weights_fit"], decision)
         s = parsed["structure"]
         key = calibration_key(grid, parsed["sampler"], arrays["steps"].tolist(), s.get("progress"), s.get("state"),
-                              s.get("base"))
+                              s.get("base"), s.get("phase"))
         if key != meta["key"]:
             raise ValueError(f"{path}: the stored key does not match the stored grid and structure (corrupted file)")
-        return cls(weights=arrays["weights"], weights_step=arrays["weights_step"], steps=arrays["steps"],
+        return cls(weights=arrays["weights"], weights_fit=arrays["weights_fit"], weights_step=arrays["weights_step"],
+                   steps=arrays["steps"], validation=parsed["validation"],
                    gamma=arrays["gamma"], residual=arrays["residual"], w_mean=arrays["w_mean"],
                    w_std=arrays["w_std"], coherence=arrays["coherence"], grid=grid, sampler=parsed["sampler"],
                    structure=s, key=key, fit=parsed["fit"], cost=parsed["cost"], report=parsed["report"],
@@ -274,6 +300,25 @@ def fitted_on_record(models, fingerprints, tags, sample_shape, guidance_scale) -
     return {"guidance_scale": guidance_scale, "sample_shape": [int(s) for s in sample_shape],
             "models": [{"name": m.name, "weights_sha256": fp, "tag": tag}
                        for m, fp, tag in zip(models, fingerprints, tags)]}
+
+
+def _check_validation(path, validation) -> None:
+    """The structure of a stored ``validation`` (:func:`ltc.calibration.split.split`; {} when made by hand)."""
+    ok = isinstance(validation, dict) and (not validation or (
+        validation.get("held_out") in ("split", "given")
+        and all(isinstance(validation.get(k), int) and validation[k] >= 0 for k in ("fit_noises", "judged_noises"))))
+    if not ok:
+        raise ValueError(f"{path}: metadata validation must be {{}} or {{'held_out': 'split' | 'given', 'fit_noises': "
+                         f"int, 'judged_noises': int, ...}}, got {validation!r}")
+
+
+def _check_chosen_weights(path, weights, weights_fit, decision: dict) -> None:
+    """``weights`` are what the decision chose: 1 where it chose w = 1, else the fitted ones."""
+    ones = decision.get("weights") == "w = 1"
+    expected = np.ones_like(weights_fit) if ones else weights_fit
+    if not np.array_equal(weights, expected):
+        raise ValueError(f"{path}: weights {weights.tolist()} contradict the report's decision "
+                         f"({'w = 1' if ones else 'the fitted weights ' + str(weights_fit.tolist())})")
 
 
 def _check_fitted_on(path, fitted) -> None:

@@ -1,17 +1,22 @@
 """``ltc.calibrate``: fit the LTC weights of one (model, schedule, sampler, steps) on calibration noise.
 
-Passes, all on the calibration noises (model calls counted in ``Calibration.cost``):
+Noises (:mod:`ltc.calibration.split`): by default the first half of the calibration noises fit
+the weights and the last half judge them; with ``held_out`` given, all fit and those are judged.
 
-1. the full-N run of the sampler (N calls), recording the coherence curve;
+Passes (model calls counted in ``Calibration.cost``):
+
+1. the full-N run of the sampler on the fit noises (N calls), recording the coherence curve;
 2. the fit walk (:class:`ltc.calibration.walk.LTCWalk` in fit mode; NFE + K calls): the one-step
    closed-form least squares at each extrapolated step, clamped to ``clamp``, continuing from the
    extrapolated state (``objective="step"`` stops here);
 3. ``objective="trajectory"``: the teacher's endpoints and Levenberg-Marquardt on the whole weight
    vector (:mod:`ltc.calibration.trajectory`), started at the one-step fit;
-4. the report (``report=True``): the teacher, the plain samplers at the LTC NFE and LTC w = 1, on
-   the calibration noises and on ``held_out`` noises when given, and the refusal rule
-   (:mod:`ltc.calibration.report`).  A refused calibration is announced with a warning, and the
-   summary names the better plain plan.
+4. the report (``report=True``), on the judged noises: the judge ladder, the full-N run, the plain
+   samplers at the LTC NFE, LTC calibrated and LTC w = 1, and the refusal rule
+   (:mod:`ltc.calibration.report`).  When w = 1 is at least as close to the judge as the fitted
+   weights, the calibration's ``weights`` are 1 (the fitted ones stay in ``weights_fit``).  A
+   refused calibration is announced with a warning naming why (plain better, cannot tell, too few
+   noises) and the better plain plan.
 
 The calibration records what it was fitted on (``Calibration.fitted_on``): the guidance scale, the
 sample shape ``[*S]`` and, for each model its plan calls, the name, the sha256 of the weights
@@ -30,6 +35,7 @@ import torch
 from .. import ops
 from .._version import __version__
 from ..api import check_noise, initial_state, sampling_arguments
+from ..executor.walk import check_conditioning
 from ..io import model_fingerprint
 from ..models import as_models
 from ..plan import Plan, compile_plan
@@ -37,8 +43,9 @@ from ..policies import LTC, Full
 from ..samplers import DPMSolverPP
 from ..schedule import Schedule
 from .file import Calibration, fitted_on_record
-from .report import decide, decision_line, row
+from .report import MIN_NOISES, decide, decision_line, rounding_floor, row
 from .runs import Runner, evaluated_grid, teacher_grid
+from .split import split
 from .trajectory import fit_trajectory
 from .walk import LTCWalk
 
@@ -98,15 +105,20 @@ def calibrate(model_fns, schedule: Schedule, policy: LTC | None = None, *, sampl
     Args:
         sampler, steps, model_kwargs, guidance_scale, prediction, dtype, device, backend: as in
             :func:`ltc.sample` (the sampler must be deterministic).
-        noise | shape + generator: the calibration noises ``[B, *S]`` (e.g. 64 samples).
-        held_out: other noises ``[B', *S]`` for the report (with ``held_out_kwargs``).
+        noise | shape + generator: the calibration noises ``[B, *S]`` (e.g. 64 samples).  Without
+            ``held_out``, the first ``B - B // 2`` fit the weights and the last ``B // 2`` judge
+            them (their ``model_kwargs`` rows follow them, :mod:`ltc.calibration.split`); the
+            decision needs at least :data:`ltc.calibration.report.MIN_NOISES` judged noises.
+        held_out: other noises ``[B', *S]`` to judge on (with ``held_out_kwargs``); all of ``noise``
+            then fit.
         objective: ``"step"`` (one-step closed-form least squares) or ``"trajectory"``
             (endpoint against ``teacher``, :mod:`ltc.calibration.trajectory`; ``ridge``, ``max_iter``,
             ``fd_step``).
         teacher: ``"dpmpp_2m"`` (DPM-Solver++(2M), 2N steps on the same schedule), ``"full"``
             (the full-N run of ``sampler``) or an :class:`ltc.Plan` on the same models.
         clamp: bounds of the one-step weights (reference: [0, 10]).
-        report: run the comparison rows and the refusal rule; ``verbose``: log the summary (logger
+        report: run the judge, the comparison rows and the refusal rule on the judged noises
+            (:mod:`ltc.calibration.report`); ``verbose``: log the summary (logger
             ``ltc.calibration.fit``, level INFO: ``logging.basicConfig(level=logging.INFO)`` shows
             it; or print ``cal.summary()``).
         model_tag: a name for each model (one string, or one per model of ``model_fns``, None
@@ -142,17 +154,21 @@ class Session:
         self.tags = _check_model_tag(model_tag, len(self.models))
         _, self.solver, self.guidance = sampling_arguments(schedule, None, sampler, guidance_scale)
         self.schedule = schedule
-        self.grid = schedule.discretize(steps)
-        self.x0 = initial_state(noise, shape, generator, dtype, device)
-        self.held_out = _check_held_out(held_out, self.x0)
-        _check_no_grad(noise=self.x0, held_out=self.held_out)
-        _, self.ops = ops.resolve(backend, self.x0.device)
-        self.kwargs, self.held_kwargs = model_kwargs, held_out_kwargs
-        self.runners = {"calibration": Runner(self.models, self.x0, ops=self.ops, model_kwargs=model_kwargs,
+        self.grid = self.solver.grid(schedule, steps)
+        x = initial_state(noise, shape, generator, dtype, device)
+        held_out = _check_held_out(held_out, x)
+        _check_no_grad(noise=x, held_out=held_out)
+        for value, rows in ((model_kwargs, x), (held_out_kwargs, held_out)):  # the caller's batches, before the split
+            if rows is not None:
+                check_conditioning(self.models, value, rows.shape[0], self.guidance is not None)
+        _, self.ops = ops.resolve(backend, x.device)
+        self.x0, self.kwargs, self.held_out, self.held_kwargs, self.validation = split(
+            x, model_kwargs, held_out, held_out_kwargs, self.guidance is not None)
+        self.runners = {"calibration": Runner(self.models, self.x0, ops=self.ops, model_kwargs=self.kwargs,
                                               guidance_scale=self.guidance)}
-        if self.held_out is not None:
+        if self.held_out.shape[0]:
             self.runners["held_out"] = Runner(self.models, self.held_out, ops=self.ops,
-                                              model_kwargs=held_out_kwargs, guidance_scale=self.guidance)
+                                              model_kwargs=self.held_kwargs, guidance_scale=self.guidance)
         self.walk_calls = 0
         self.fingerprints = [model_fingerprint(m.fn) for m in self.models]  # the weights, before any call
 
@@ -176,21 +192,31 @@ class Session:
                        model_kwargs=self.kwargs if which == "calibration" else self.held_kwargs,
                        dtype=self.x0.dtype, device=self.x0.device)
 
+    def require_judged(self) -> None:
+        """A report judges the fit on noises it did not see: refuse (before any model call) when there are none."""
+        if "held_out" not in self.runners:
+            raise ValueError(f"report=True judges the fit on noises it did not see, but there are none: "
+                             f"{self.validation['fit_noises']} calibration noise(s) and no held_out; give at least "
+                             f"2 noises (the last half are judged; {2 * MIN_NOISES} for a decision) or held_out=, "
+                             "or report=False")
+
     def teacher_plan(self, base) -> Plan:
+        """The default teacher: DPM-Solver++(2M) with 2N steps (:func:`ltc.calibration.runs.teacher_grid`)."""
         return self.compile(teacher_grid(self.schedule, self.grid), DPMSolverPP(2), base)
 
-    def judge(self, objective, teacher, teacher_plan: Plan, teacher_name: str, base) -> tuple[Plan, str]:
-        """The plan the report measures against: the strong teacher, but never the endpoints that the
-        trajectory objective was fitted to (a fit to the teacher would look better than it is by the
-        teacher's own error).  Trajectory fits to the default teacher are judged by DPM-Solver++(2M)
-        on a grid twice as fine; fits to a user plan by the default teacher."""
-        if objective != "trajectory" or teacher == "full":
-            return teacher_plan, teacher_name
-        if isinstance(teacher, Plan):
-            plan = self.teacher_plan(base)
-        else:
-            plan = self.compile(teacher_grid(self.schedule, teacher_plan.grid), DPMSolverPP(2), base)
-        return plan, f"dpmpp_2m {plan.steps} steps, independent of the fit target"
+    def ladder(self, base, fit_target: Plan | None = None) -> tuple[Plan, Plan, Plan]:
+        """The judge's teacher ladder ``(J, J', T)``: DPM-Solver++(3M) and DPM-Solver++(2M) with 4N
+        steps (the grid refined twice) and DPM-Solver++(2M) with 2N steps; each twice as fine again
+        while ``fit_target`` (the trajectory objective's teacher) is J or J': the judge J is never
+        what was fitted (:mod:`ltc.calibration.report`)."""
+        coarse = teacher_grid(self.schedule, self.grid)
+        while True:
+            fine = teacher_grid(self.schedule, coarse)
+            ladder = (self.compile(fine, DPMSolverPP(3), base), self.compile(fine, DPMSolverPP(2), base),
+                      self.compile(coarse, DPMSolverPP(2), base))
+            if fit_target is None or fit_target.fingerprint not in {p.fingerprint for p in ladder[:2]}:
+                return ladder
+            coarse = fine
 
     def calibrate(self, policy: LTC, *, objective="step", teacher="dpmpp_2m", clamp=(0.0, 10.0), ridge=1e-2,
                   max_iter=3, fd_step=None, report=True) -> Calibration:
@@ -204,6 +230,8 @@ class Session:
             raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
         if isinstance(max_iter, bool) or not (isinstance(max_iter, int) and max_iter >= 0):
             raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+        if report:
+            self.require_judged()
         grid, solver, x0 = self.grid, self.solver, self.x0
         ltc_plan = self.compile(grid, solver, policy)
         if isinstance(teacher, Plan):
@@ -241,57 +269,56 @@ class Session:
             self.walk_calls += walk.calls - calls
             cost["trajectory_fit"] = walk.calls - calls
             fit_info.update(info)
-        rep = {}
+        rep, w_used = {}, np.asarray(w, np.float64)
         if report:
-            judge, judge_name = self.judge(objective, teacher, teacher_plan, teacher_name, base)
-            rep = self._report(policy, ltc_plan, full_plan, judge, judge_name, walk, w, x_full, x_ltc,
-                               objective, cost)
-        cost["total"] = sum(v for k, v in cost.items() if k != "held_out")
+            fit_target = None if objective != "trajectory" else full_plan if teacher == "full" else teacher_plan
+            rep = self._report(policy, ltc_plan, full_plan, self.ladder(base, fit_target), w, objective, cost)
+            if rep["decision"]["weights"] == "w = 1":
+                w_used = np.ones_like(w_used)
+        cost["total"] = sum(cost.values())
         skip = walk.skip
-        return Calibration(weights=np.asarray(w, np.float64), weights_step=w_step, steps=np.asarray(skip, np.int64),
-                           gamma=policy.gammas(grid, skip), residual=residual, w_mean=np.nanmean(per_sample, 1),
-                           w_std=np.nanstd(per_sample, 1), coherence=coherence, grid=grid, sampler=solver.config(),
-                           structure=policy.structure(), key=policy.calibration_key(grid, solver), fit=fit_info,
-                           cost=cost, report=rep, version=__version__, fitted_on=self.fitted_on(ltc_plan))
+        return Calibration(weights=w_used, weights_fit=np.asarray(w, np.float64), weights_step=w_step,
+                           steps=np.asarray(skip, np.int64), gamma=policy.gammas(grid, skip), residual=residual,
+                           w_mean=np.nanmean(per_sample, 1), w_std=np.nanstd(per_sample, 1), coherence=coherence,
+                           grid=grid, sampler=solver.config(), structure=policy.structure(),
+                           key=policy.calibration_key(grid, solver), fit=fit_info, cost=cost, report=rep,
+                           version=__version__, fitted_on=self.fitted_on(ltc_plan), validation=dict(self.validation))
 
-    def _report(self, policy, ltc_plan, full_plan, teacher_plan, teacher_name, walk, w, x_full, x_ltc, objective,
-                cost) -> dict:
-        before, walk_calls = self.calls, walk.calls
-        base = policy.base or Full()
-        args = (ltc_plan, teacher_plan, w, objective, policy.state, base)
-        sets = {"calibration": self._rows(self.runners["calibration"], walk, x_full, x_ltc, *args)}
-        self.walk_calls += walk.calls - walk_calls
+    def _report(self, policy, ltc_plan, full_plan, ladder, w, objective, cost) -> dict:
+        """The judged rows and the decision (:mod:`ltc.calibration.report`)."""
+        before = self.calls
+        runner = self.runners["held_out"]
+        walk = self.walk(policy, full_plan, "held_out")
+        x_full = runner.run_plan(full_plan)
+        x_ltc = walk.run(self.held_out, torch.as_tensor(w, dtype=walk.ct, device=walk.device)).x
+        ends = [runner.run_plan(p) for p in ladder]
+        rows = self._rows(runner, walk, x_full, x_ltc, ltc_plan, ends, w, objective, policy.state,
+                          policy.base or Full())
+        names = [f"{p.sampler.config()['name']} {p.steps} steps" for p in ladder]
+        rows += [row(f"{names[2]} (ladder T)", "teacher", ladder[2].nfe, ends[2], ends, x_full),
+                 row(f"{names[1]} (ladder J')", "teacher", ladder[1].nfe, ends[1], ends, x_full)]
+        self.walk_calls += walk.calls
         cost["report"] = self.calls - before
-        if self.held_out is not None:
-            before = self.calls
-            hrun = self.runners["held_out"]
-            hwalk = self.walk(policy, full_plan, "held_out")
-            x_hfull = hrun.run_plan(full_plan)
-            x_hltc = hwalk.run(self.held_out, torch.as_tensor(w, dtype=hwalk.ct, device=hwalk.device)).x
-            sets["held_out"] = self._rows(hrun, hwalk, x_hfull, x_hltc, *args)
-            self.walk_calls += hwalk.calls
-            cost["held_out"] = self.calls - before
-        return {"teacher": teacher_name, "sets": sets, "decision": decide(sets["calibration"]),
-                "decisions": {name: decide(rows) for name, rows in sets.items()}}
+        floor = [float(v) for v in rounding_floor(ends[0], ladder[0].steps, self.held_out.dtype)]
+        return {"judge": names[0], "ladder": names, "rows": rows, "floor": floor, "decision": decide(rows, floor)}
 
-    def _rows(self, runner: Runner, walk: LTCWalk, x_full, x_ltc, ltc_plan, teacher_plan, w, objective, state,
+    def _rows(self, runner: Runner, walk: LTCWalk, x_full, x_ltc, ltc_plan, T, w, objective, state,
               base) -> list[dict]:
-        """The report rows on one noise set (see :mod:`ltc.calibration.report`)."""
+        """The report rows on the judged noises against the ladder's endpoints ``T`` (J, J', T)."""
         grid, solver = self.grid, self.solver
         N, nfe = grid.steps, ltc_plan.nfe
-        T = runner.run_plan(teacher_plan)
         name = solver.config()["name"]
         rows = [row(f"full {N} steps ({name})", "full", N, x_full, T, x_full)]
         candidates = [(solver, name)]
         if solver.config() != DPMSolverPP(2).config():
             candidates.append((DPMSolverPP(2), "dpmpp_2m"))
-        try:
-            own = self.schedule.discretize(nfe)
-        except ValueError:  # e.g. an explicit schedule has one step count
-            own = None
         sub = evaluated_grid(grid, ltc_plan.models)
         points = [i for i, m in enumerate(ltc_plan.models) if m >= 0] + [N]
         for smp, label in candidates:
+            try:  # the grid ltc.sample(schedule, sampler=label, steps=nfe) walks, as the recommendation says
+                own = smp.grid(self.schedule, nfe)
+            except ValueError:  # e.g. an explicit schedule has one step count
+                own = None
             if own is not None:
                 rows.append(row(f"{label}, {nfe} steps (own grid)", "plain", nfe, runner.endpoint(own, smp, base),
                                 T, x_full, {"sampler": label, "grid": "own", "steps": nfe}))

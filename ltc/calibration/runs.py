@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..executor.eager import run_eager
 from ..plan import EXTRAPOLATE, Plan, compile_plan
 from ..policies import Full
+from ..samplers import DPMSolverPP
 from ..schedule import Grid
 
 
@@ -30,7 +31,7 @@ def teacher_grid(schedule, grid: Grid) -> Grid:
     """The 2N-step grid of the default teacher (see the module docstring)."""
     N = grid.steps
     try:
-        fine = schedule.discretize(2 * N)
+        fine = schedule.discretize(2 * N, rule=DPMSolverPP.grid_rule)  # the teacher's own spacing
         same = np.array_equal(fine.sigma[[0, -1]], grid.sigma[[0, -1]]) and \
             np.array_equal(fine.alpha[[0, -1]], grid.alpha[[0, -1]])
         if same:
@@ -55,20 +56,20 @@ def evaluated_grid(grid: Grid, models) -> Grid:
 
 
 class Coherence:
-    """``run_eager`` callback: per-sample cos(Delta_{i-1}, Delta_i) of consecutive transitions,
-    averaged over the batch; ``curve()`` gives ``[N-1]`` (i = 1..N-1) on the host."""
+    """``run_eager`` callback: per-sample cos(Delta_{i-1}, Delta_i) of consecutive transitions
+    Delta_i = x_{i+1} - x_i (the callback's ``x_next`` and ``x``), averaged over the batch;
+    ``curve()`` gives ``[N-1]`` (i = 1..N-1) on the host."""
 
-    def __init__(self, start: torch.Tensor):
-        self.prev_x = start.clone()
+    def __init__(self):
         self.prev_d = None
         self.values = []
 
     def __call__(self, info: dict) -> None:
         x = info["x"]
-        d = (x - self.prev_x).reshape(x.shape[0], -1).to(torch.float64)
+        d = (info["x_next"] - x).reshape(x.shape[0], -1).to(torch.float64)
         if self.prev_d is not None:
             self.values.append(F.cosine_similarity(d, self.prev_d, dim=1, eps=1e-30).mean())
-        self.prev_d, self.prev_x = d, x.clone()
+        self.prev_d = d
 
     def curve(self) -> np.ndarray:
         return torch.stack(self.values).cpu().numpy() if self.values else np.zeros(0)
@@ -90,7 +91,7 @@ class Runner:
         """Endpoint ``[B, *S]`` of ``plan`` (and the coherence curve when asked)."""
         key = (plan.fingerprint, coherence)
         if key not in self.cache:
-            rec = Coherence(self.noise) if coherence else None
+            rec = Coherence() if coherence else None
             x = run_eager(plan, self.models, self.noise, ops=self.ops, model_kwargs=self.kwargs, callback=rec)
             self.calls += plan.nfe
             self.cache[key] = (x, rec.curve()) if coherence else x

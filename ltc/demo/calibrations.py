@@ -32,6 +32,21 @@ def user_dir() -> Path:
     return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "ltc" / "calibrations"
 
 
+def verdict_note(cal: Calibration) -> str:
+    """What the refusal rule said about ``cal`` (:mod:`ltc.calibration.report`), in a few words."""
+    d = cal.report.get("decision")
+    if not d:
+        return "not judged (made without the report)"
+    where = f"on {d['noises']} held-out noises, against a judge with its error bound"
+    text = {"accepted": f"accepted: closer than the best plain sampler at equal NFE {where}",
+            "plain better": f"REFUSED: the best plain sampler at equal NFE is closer {where}",
+            "cannot tell": f"REFUSED (cannot tell): LTC's margin over the best plain sampler at equal NFE does not "
+                           f"exceed what the judge can resolve {where}",
+            "too few noises": f"REFUSED (too few noises): {d['noises']} held-out noises, the judge needs at least "
+                              f"{d['min_noises']}"}[d["verdict"]]
+    return text + ("; it uses w = 1, at least as close as the fitted weights" if d["weights"] == "w = 1" else "")
+
+
 def load_or_calibrate(name: str, recalibrate: bool, calibrate_args: dict) -> tuple[Calibration, str]:
     """The calibration ``name`` and where it came from (a sentence naming the file).
 
@@ -44,8 +59,9 @@ def load_or_calibrate(name: str, recalibrate: bool, calibrate_args: dict) -> tup
             if path.is_file():
                 try:
                     cal = Calibration.load(path)
-                    cal.check(calibrate_args["schedule"].discretize(calibrate_args["steps"]),
-                              get_sampler(calibrate_args["sampler"]), calibrate_args["policy"])
+                    solver = get_sampler(calibrate_args["sampler"])
+                    cal.check(solver.grid(calibrate_args["schedule"], calibrate_args["steps"]), solver,
+                              calibrate_args["policy"])
                     return cal, f"{path} ({whose})"
                 except ValueError as err:
                     hint = ("delete it or rerun with --recalibrate" if path == mine else "reinstall ltc or "

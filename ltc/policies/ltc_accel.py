@@ -32,26 +32,43 @@ first-order update x_{i+1} = A x_i + B0 D_i:
     D_i = IN x_{i+1} + IC x_i,   IN = 1 / B0,  IC = -A / B0
 
 so the history is the x0 that a DDIM step would need to go from x_i to x_{i+1} (for the ``"x0"``
-state it is exactly the extrapolated D_i).  ``bench/ltc_evidence.py`` compares it, state x with
-one-step weights fitted per rule, with three alternatives on the exact oracles (DPM-Solver++ 2M/3M,
-VP and flow, N = 10/20/50, 24 cases): inverting the solver's own multistep update, restarting the
-solver at first order after a skip, and reusing D_{i-1} ("stale").  No rule wins everywhere;
-ratio of held-out RMSE to the best rule of each case, geometric mean / worst: first-order
-inversion 1.22 / 2.9 (6 wins), own multistep 1.34 / 4.6 (4), restart 1.56 / 3.0 (3), stale
-1.65 / 11 (11 wins on VP, but up to 11x worse on flow grids).  First-order inversion is the most
-robust, and the only one of them the plan's form (x_{i+1}, x_i) can express.
+state it is exactly the extrapolated D_i).  ``bench/ltc_evidence.py --history`` compares it, state x
+with one-step weights fitted per rule, with three alternatives on the exact oracles (DPM-Solver++
+2M/3M, VP and flow, N = 10/20/50, 24 cases, the reference code's steps): inverting the solver's own
+multistep update, restarting the solver at first order after a skip, and reusing D_{i-1}
+("stale").  No rule wins everywhere; ratio of held-out RMSE to the best rule of each case,
+geometric mean / worst: first-order inversion 1.43 / 3.9 (3 wins), own multistep 1.13 / 2.3 (8),
+restart 1.84 / 7.9 (0), stale 1.21 / 5.0 (13).  On the samplers' own grids (``Sampler.grid_rule``)
+the solver's own multistep inversion is the more robust rule, but it reads D_{i-1} and D_{i-2}:
+first-order inversion is the only one of them the plan's form (x_{i+1}, x_i) can express.
 
-Default state, from the same benchmark (held-out RMSE / best plain sampler at equal NFE,
-geometric mean over 24 cases): ``"x0"`` 1.19 (step objective), 0.82 (trajectory), 1.14 (w = 1),
-against ``"x"`` 1.41, 0.91, 1.62 and ``"x/alpha"`` 1.34, 0.93, 3.69.  The default is therefore
-``"x0"``; ``state="x"`` is the seed paper's extrapolation.
+Default state, from ``bench/ltc_evidence.py`` (mean exact error on held-out noises / the best plain
+row at equal NFE, geometric mean over its 62 cases): ``"x0"`` 1.77 (step objective), 0.98
+(trajectory), 1.87 (w = 1), against ``"x"`` 2.00, 1.08, 2.40 and ``"x/alpha"`` 1.88, 0.91, 6.45.
+The default is therefore ``"x0"`` (best with one-step weights and w = 1, close to ``"x/alpha"``
+with the trajectory objective); ``state="x"`` is the seed paper's extrapolation.  (Ratios above 1:
+on average LTC loses to the best plain sampler -- the refusal rule of
+:mod:`ltc.calibration.report` accepts it only where it wins.)
 
 Which steps: ``interval = (start, end)`` (fractions of the N steps, or step indices; default
-(0.25, 1.0): from N/4 to the end) and ``every``: inside ``start <= i < end`` the steps with
-``(i - start) % every == every - 1`` are extrapolated (every second step by default; with 40 steps
-15 extrapolations, 25 model calls).  Fractions map to ``floor(f N)``.  Or ``skip``: an explicit
-list of step indices (no two consecutive).  The previous step of an extrapolated step is always
-a model step, and step 0 is never extrapolated (there is no previous transition).
+(0.25, 1.0): from N/4 to the end), ``every`` and ``phase``: the steps i with ``start < i < end``
+and (fractions map to ``start = floor(f N)``)
+
+* ``phase="reference"`` (default): ``i % every == every - 1`` -- the reference code's rule, which
+  skips the odd i with N/4 < i < N (every second step; with 40 steps 15 extrapolations, 25 model
+  calls);
+* ``phase="interval"``: ``(i - start) % every == every - 1`` -- the rule of ltc 0.1, counted from
+  the interval's start.  It differs from the reference whenever ``floor(N/4)`` is odd (N = 12-15,
+  20-23, 28-31, ...: at N = 20 it skips 6, 8, ..., 18 instead of 7, 9, ..., 19).  There, on the
+  exact oracles of ``bench/ltc_evidence.py`` (10 cases: N = 20, 22, 30, VP and flow, d = 64 and
+  256, state x0), the reference steps had the lower exact error on held-out noises with w = 1 in
+  10 of 10 (flow shift 3, d = 64, N = 20: 0.0159 against 0.0583) and with step-calibrated weights
+  in 5 of 10, one tie (the four others on VP grids, by up to 1.22x).  It is kept for calibrations
+  fitted with it; every calibration records its phase.
+
+Or ``skip``: an explicit list of step indices (no two consecutive).  The previous step of an
+extrapolated step is always a model step, and step 0 is never extrapolated (there is no previous
+transition).
 
 Samplers with fresh noise per step (DDIM eta > 0) are refused: their transitions contain the
 injected noise, so there is no coherent direction to extrapolate.
@@ -71,18 +88,30 @@ from .base import Full, Policy
 
 STATES = ("x", "x/alpha", "x0")
 PROGRESS = ("sigma", "t", "lambda")
+PHASES = ("reference", "interval")
 # Enters every calibration key.  Bump it whenever the numbers an LTC weight multiplies change
 # (the formulas of ``rows``/``gammas``, the history rule, which steps are extrapolated): a shipped
 # or saved calibration then fails its key check instead of loading stale weights.
 # ``tests/test_calibration_files.py`` re-fits the shipped calibrations to catch a missed bump.
-CALIBRATION_FORMAT = 1
+# Version 2: the key names the skip rule (``phase``), whose default became the reference's.
+CALIBRATION_FORMAT = 2
 
 
-def calibration_key(grid, sampler_config: dict, steps, progress: str, state: str, base_config) -> str:
+def calibration_key(grid, sampler_config: dict, steps, progress: str, state: str, base_config,
+                    phase: str) -> str:
     """Fingerprint of what LTC weights are valid for: the exact grid, the sampler, the extrapolated
-    steps, the progress variable, the state and the base policy."""
+    steps and the rule that chose them (``phase``), the progress variable, the state and the base
+    policy."""
     return fingerprint_of("ltc-calibration", CALIBRATION_FORMAT, grid.digest(), sampler_config,
-                          [int(i) for i in steps], progress, state, base_config)
+                          [int(i) for i in steps], phase, progress, state, base_config)
+
+
+def interval_steps(start: int, end: int, every: int, phase: str) -> list[int]:
+    """The steps ``start < i < end`` that ``phase`` extrapolates (see the module docstring):
+    ``"reference"``: ``i % every == every - 1``; ``"interval"``: ``(i - start) % every == every - 1``."""
+    if phase == "reference":
+        return [i for i in range(start + 1, end) if i % every == every - 1]
+    return [i for i in range(start + 1, end) if (i - start) % every == every - 1]
 
 
 def first_extrapolable_step(state: str) -> int:
@@ -134,7 +163,10 @@ class LTC(Policy):
         interval: ``(start, end)``; floats are fractions of the N steps, ints are step indices,
             ``end=None`` means N.  Default ``(0.25, 1.0)``.
         every: cadence >= 2 inside the interval.
-        skip: explicit extrapolated step indices instead of interval/every.
+        phase: ``"reference"`` (default: the reference code's steps, ``i % every == every - 1``)
+            or ``"interval"`` (ltc 0.1's, ``(i - start) % every == every - 1``); see the module
+            docstring.
+        skip: explicit extrapolated step indices instead of interval/every/phase.
         progress: ``"sigma"`` (default), ``"t"`` or ``"lambda"`` -- phi of gamma.
         state: ``"x0"`` (default, see the module docstring), ``"x"`` (the seed's) or ``"x/alpha"``.
         weights: ``None`` (w = 1), one number, one number per extrapolated step, or a
@@ -144,19 +176,25 @@ class LTC(Policy):
         base: the policy choosing the model of each model step (default :class:`Full`).
     """
 
-    def __init__(self, interval=(0.25, 1.0), every: int = 2, *, skip=None, progress: str = "sigma",
-                 state: str = "x0", weights=None, base: Policy | None = None):
+    def __init__(self, interval=(0.25, 1.0), every: int = 2, *, phase: str = "reference", skip=None,
+                 progress: str = "sigma", state: str = "x0", weights=None, base: Policy | None = None):
         self.interval = _check_interval(interval)
         if not _is_int(every):
             raise TypeError(f"every must be an int >= 2, got {every!r}")
         if every < 2:
             raise ValueError(f"every must be >= 2 (a model step between two extrapolations), got {every}")
         self.every = int(every)
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        self.phase = phase
         self.skip = None if skip is None else self._check_skip(skip)
         default_interval = self.interval == DEFAULT_INTERVAL and all(type(v) is float for v in self.interval)
         if self.skip is not None and (not default_interval or self.every != 2):
             raise ValueError(f"give either skip (the extrapolated steps) or interval/every, not both: "
                              f"interval={interval!r}, every={every!r} would be ignored with skip={list(self.skip)}")
+        if self.skip is not None and phase != "reference":
+            raise ValueError(f"give either skip (the extrapolated steps) or phase (which steps of interval/every), "
+                             f"not both: phase={phase!r} would be ignored with skip={list(self.skip)}")
         if progress not in PROGRESS:
             raise ValueError(f"progress must be one of {PROGRESS}, got {progress!r}")
         if state not in STATES:
@@ -219,7 +257,8 @@ class LTC(Policy):
         """A copy with some constructor arguments changed."""
         args = dict(progress=self.progress, state=self.state, weights=self.calibration or self._weights_arg(),
                     base=self.base)
-        args.update(dict(skip=self.skip) if self.skip is not None else dict(interval=self.interval, every=self.every))
+        args.update(dict(skip=self.skip) if self.skip is not None else
+                    dict(interval=self.interval, every=self.every, phase=self.phase))
         args.update(changes)
         return LTC(**args)
 
@@ -228,7 +267,7 @@ class LTC(Policy):
 
     def structure(self) -> dict:
         """Everything but the weights: what a calibration is valid for."""
-        return {"interval": list(self.interval), "every": self.every,
+        return {"interval": list(self.interval), "every": self.every, "phase": self.phase,
                 "skip": None if self.skip is None else list(self.skip), "progress": self.progress,
                 "state": self.state, "base": None if self.base is None else self.base.config()}
 
@@ -237,10 +276,11 @@ class LTC(Policy):
         return {"policy": "ltc", **self.structure(), "weights": w}
 
     def __repr__(self) -> str:
-        """The constructor call, weights in decimal (6 significant digits); :meth:`config` keeps
-        them exact (hex floats) for fingerprints."""
+        """The constructor call (``phase`` when not the default), weights in decimal (6 significant
+        digits); :meth:`config` keeps them exact (hex floats) for fingerprints."""
         args = [f"skip={list(self.skip)}"] if self.skip is not None else \
-            [f"interval={self.interval!r}", f"every={self.every}"]
+            [f"interval={self.interval!r}", f"every={self.every}"] + \
+            ([] if self.phase == "reference" else [f"phase={self.phase!r}"])
         args += [f"progress={self.progress!r}", f"state={self.state!r}"]
         if isinstance(self.weights, tuple):
             args.append("weights=[" + ", ".join(f"{w:.6g}" for w in self.weights) + "]")
@@ -267,10 +307,13 @@ class LTC(Policy):
         if start >= end:
             raise ValueError(f"interval {self.interval} gives steps [{start}, {end}) of {N}: start must be "
                              "below end")
-        found = [i for i in range(start, end) if (i - start) % self.every == self.every - 1]
+        found = interval_steps(start, end, self.every, self.phase)
         if not found:
             raise ValueError(f"interval {self.interval} gives steps [{start}, {end}) of {N}, too short for one "
-                             f"extrapolation with every={self.every} (needs at least {self.every} steps)")
+                             f"extrapolation with every={self.every} and phase={self.phase!r} (steps "
+                             f"{start} < i < {end} with "
+                             + ("i" if self.phase == "reference" else f"i - {start}")
+                             + f" % {self.every} == {self.every - 1})")
         return found
 
     def gammas(self, grid, steps: list[int]) -> np.ndarray:
@@ -356,12 +399,16 @@ class LTC(Policy):
     def calibration_key(self, grid, sampler) -> str:
         """What a calibration of this policy on (grid, sampler) is valid for (:func:`calibration_key`)."""
         return calibration_key(grid, sampler.config(), self.extrapolated_steps(grid.steps), self.progress,
-                               self.state, None if self.base is None else self.base.config())
+                               self.state, None if self.base is None else self.base.config(), self.phase)
 
     def decide(self, grid, sampler, n_models: int) -> Decision:
         if getattr(sampler, "stochastic", False):
             raise ValueError(f"LTC needs a deterministic sampler; {sampler!r} adds fresh noise every step, so "
                              "consecutive transitions are not coherent (use eta=0)")
+        if getattr(sampler, "stages", 1) > 1:
+            raise ValueError(f"LTC extrapolates whole transitions x_{{i-1}} -> x_i -> x_{{i+1}}; {sampler!r} takes "
+                             f"{sampler.stages} model calls per step (rows of one step are not transitions): use a "
+                             "one-stage sampler (e.g. dpmpp_2m, unipc)")
         steps = self.extrapolated_steps(grid.steps)
         if self.calibration is not None:
             self.calibration.check(grid, sampler, self)
