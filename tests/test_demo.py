@@ -18,7 +18,7 @@ from ltc.demo import zoo as demo
 
 needs_torchmetrics = pytest.mark.skipif(importlib.util.find_spec("torchmetrics") is None,
                                         reason="torchmetrics is not installed (the 'metrics' extra)")
-TINY = demo.Settings(batch=2, repeats=2)
+TINY = demo.Settings(batch=2, repeats=2, judge_batch=20)
 
 
 @pytest.fixture
@@ -49,6 +49,8 @@ def test_a_small_run_prints_the_table_the_verdicts_and_one_line_of_advice(ltc_ho
     assert "LTC (calibration refused)" in text and "LTC (calibrated)" not in text.replace("T-Stitch + LTC", "")
     assert "demo_ltc.safetensors (shipped); calibration REFUSED" in text
     assert text.splitlines()[-1].startswith("advice: for this model, use ")
+    assert re.search(r"^  T-Stitch 40% small: FD \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\], .* at 0\.6\d of its model cost; "
+                     r"stitching (wins|does not win|loses) here", text, re.M)
     assert re.search(r"^ *plain 13 steps +13 +0\+13 +0\.650 +1\.54x", text, re.M)
 
 
@@ -56,10 +58,18 @@ def test_a_small_run_prints_the_table_the_verdicts_and_one_line_of_advice(ltc_ho
 def test_rows_cost_and_timing(ltc_home):
     rows, extra = demo.run(TINY, progress=False)
     by_name = {r["method"]: r for r in rows}
-    small = float(zoo.info("unet_small")["macs_per_sample"]) / float(zoo.info("unet_large")["macs_per_sample"])
-    assert [r["kind"] for r in rows] == ["full", "accelerated", "plain", "accelerated", "accelerated", "plain"]
+    tiny = float(zoo.info(zoo.TSTITCH_PAIR[0])["macs_per_sample"]) / float(zoo.info("unet_large")["macs_per_sample"])
+    assert [r["kind"] for r in rows] == ["full", "accelerated", "plain", "accelerated", "plain", "accelerated", "plain",
+                                         "reference"]
     assert by_name["full"]["model cost"] == 1.0 and by_name["plain 13 steps"]["model cost"] == 13 / 20
-    assert by_name["T-Stitch 40% small"]["model cost"] == pytest.approx((8 * small + 12) / 20, rel=1e-12)
+    assert by_name["T-Stitch 40% small"]["model cost"] == pytest.approx((8 * tiny + 12) / 20, rel=1e-12)
+    assert by_name["T-Stitch 40% small"]["plain"] == "plain 12 steps"   # the most plain steps its cost buys
+    assert by_name["unet_tiny alone"]["model cost"] == pytest.approx(tiny, rel=1e-12)
+    judged = extra["distances"]  # T-Stitch's verdict: the distribution check, on rows of their own
+    assert set(judged.point) == {"full", "T-Stitch 40% small", "plain 12 steps", "unet_tiny alone"}
+    assert judged.samples == TINY.judge_batch
+    assert by_name["T-Stitch 40% small"]["vs plain"] == judged.verdict("T-Stitch 40% small", "plain 12 steps")
+    assert str(by_name["full"]["FD held-out"]) in demo.format_rows(rows) and "FD held-out" not in by_name["plain 13 steps"]
     assert all(len(r["walls"]) == TINY.repeats for r in rows)
     assert all(r["plain"] in by_name for r in rows if r["kind"] == "accelerated")
     assert set(extra["samples"]) == set(by_name) and extra["samples"]["full"].shape == (2, 1, 16, 16)
@@ -169,7 +179,7 @@ def test_cli_help_lists_every_command_on_one_line_and_the_version(capsys):
     assert re.fullmatch(r"ltc \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("bad", [{"batch": 0}, {"repeats": 1.5}, {"calib": 1}, {"steps": True}])
+@pytest.mark.parametrize("bad", [{"batch": 0}, {"repeats": 1.5}, {"calib": 1}, {"steps": True}, {"judge_batch": 19}])
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ValueError, match=list(bad)[0]):
         demo.Settings(**bad)

@@ -1,10 +1,13 @@
 """What the demo concludes from its rows: timing that cannot be trusted, and one line of advice.
 
-A row is a dict with ``method``, ``kind`` (``"full"``, ``"plain"`` or ``"accelerated"``),
+A row is a dict with ``method``, ``kind`` (``"full"``, ``"plain"``, ``"accelerated"`` or
+``"reference"`` -- the small model alone, shown beside T-Stitch and never advised),
 ``model cost`` (multiply-adds relative to the full run), ``walls`` (seconds of each timed repeat),
 ``PSNR vs full``, and for accelerated rows ``plain`` (the name of the plain row at the same model
-cost), ``vs plain`` (``"better"`` / ``"WORSE"``: closer to the full samples than that plain row?)
-and ``calibration`` (``"accepted"``, ``"REFUSED"`` or None when the method is not calibrated).
+cost), ``vs plain`` (``"better"`` / ``"WORSE"``: closer to the full samples than that plain row?
+For T-Stitch, judged on the distribution by :mod:`.distribution`: ``"better"`` / ``"same"`` /
+``"WORSE"``) and ``calibration`` (``"accepted"``, ``"REFUSED"`` or None when the method is not
+calibrated).
 """
 from __future__ import annotations
 
