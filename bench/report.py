@@ -89,17 +89,31 @@ def convergence() -> str:
 def loop_overhead() -> str:
     name = "loop_overhead_cpu.json"
     data = load(name)
-    ov = data["overhead_us_per_step"]
-    out = ["| loop | overhead per step (us) |", "|---|---|"]
-    out += [f"| {k} | {v:.1f} |" for k, v in ov.items()]
-    ratio = data.get("overhead_ratio_diffusers_over_ltc")
-    tail = [f"diffusers / ltc: {ratio:.2f}x (same run, medians of {len(data['raw_s']['ltc_eager'])} "
-            "interleaved repeats).", ""] if ratio else []
+    entries = data.get("by_shape") or [data]
+    shapes = ["x".join(map(str, e["shape"])) for e in entries]
+    out = ["| loop | " + " | ".join(f"{s}: us/step (CPU time) | ltc / loop" for s in shapes) + " |",
+           "|---|" + "---|---|" * len(entries)]
+    for k in entries[0]["overhead_us_per_step"]:
+        cells = []
+        for e in entries:
+            cpu = e.get("overhead_cpu_us_per_step", {}).get(k)
+            ratio = e.get("ratio_ltc_over", {}).get(k)
+            cells += [f"{e['overhead_us_per_step'][k]:.1f}" + (f" ({cpu:.1f})" if cpu is not None else ""),
+                      f"{ratio:.2f}" if ratio is not None else ""]
+        out.append(f"| {k} | " + " | ".join(cells) + " |")
+    skipped = sorted({f"{k}: {why}" for e in entries for k, why in e.get("skipped", {}).items()})
+    goals = [f"{s}: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in e.get("goals", {}).items())
+             for s, e in zip(shapes, entries)]
+    tail = [f"Same run, medians of {len(entries[0]['raw_s']['ltc_eager'])} interleaved repeats; the samples of "
+            "all loops agree to float32 round-off. Goals (ltc <= k-diffusion's bare wrapper, <= 0.5x diffusers): "
+            + "; ".join(goals) + ".", ""]
+    if skipped:
+        tail += ["Skipped: " + "; ".join(skipped) + ".", ""]
     return "\n".join([
         "### Loop overhead", "",
         f"Per-step overhead of the sampling loop around a negligible model, {data['sampler']}, {data['steps']} "
-        f"steps, shape {data['shape']} {data['dtype']}, eager reference backend: (wall - the same model calls "
-        "alone) / steps.", "", *out, "", *tail, source(name, data)])
+        f"steps, {data['dtype']}, {data.get('grid', '')}, eager reference backend: (wall - the same model calls "
+        "alone) / steps; in brackets the same from the thread's CPU time.", "", *out, "", *tail, source(name, data)])
 
 
 def calibration_cost() -> str:
@@ -120,19 +134,26 @@ def calibration_cost() -> str:
 
 def ltc_evidence() -> str:
     sys.path.insert(0, str(BENCH))
-    from ltc_evidence import markdown, summary  # the one definition of the table (imports torch and ltc)
+    from ltc_evidence import describe, markdown, summary  # the one definition of the tables (imports torch, ltc)
 
     name = "ltc_evidence.json"
     data = load(name)
-    a = data["args"]
+    return "\n".join(["### LTC-Accel evidence on exact oracles", "", describe(data), "", summary(data), "",
+                      markdown(data), "", source(name, data)])
+
+
+def sampler_agreement() -> str:
+    sys.path.insert(0, str(BENCH))
+    from sampler_agreement import markdown, summary  # the one definition of the table (imports diffusers and ltc)
+
+    name = "sampler_agreement.json"
+    data = load(name)
     return "\n".join([
-        "### LTC-Accel evidence on exact oracles", "",
-        f"Endpoint RMSE against the exact ODE endpoint (RK4, {a['rk4']} steps) on {a['held_out']} held-out noises, "
-        f"{a['calibration']} calibration noises, d = {a['dim']}, float64; `gmm` = 8-component Gaussian mixture, "
-        "`digits` = posterior mean of the 1500 zoo training digits; VP scaled-linear with trailing spacing, flow "
-        "unshifted (`flow`) and with shift 3 (`flow3`); LTC every second step of the last three quarters. "
-        "**Bold**: below the best plain sampler at equal NFE; †: accepted by the refusal rule (judged on the "
-        "calibration noises against the DPM-Solver++(2M) 2N-step teacher).",
+        "### Agreement with diffusers' schedulers", "",
+        f"Final samples of `ltc.sample` against diffusers' own loop (diffusers {data['diffusers']}) from the same "
+        f"latents and model function ({data['model']}), {data['dtype']}: max relative difference (max absolute in "
+        "parentheses), through `ltc.adapters.diffusers` and hand-built (`Schedule.vp(...)` / `Schedule.flow(...)` with "
+        "the sampler's name, whose grid follows the sampler's diffusers scheduler).",
         "", markdown(data), "", summary(data), "", source(name, data)])
 
 
@@ -140,24 +161,50 @@ def tstitch() -> str:
     name = "tstitch_tradeoff.json"
     data = load(name)
     s = data["settings"]
-    out = ["| small-model fraction | NFE small/large | model cost | Frechet distance | PSNR vs full (dB) | "
-           "speed-up (ideal) |", "|---|---|---|---|---|---|"]
+
+    def ci(i, signed=False):
+        f = "{:+.3f}" if signed else "{:.3f}"
+        return f"{f.format(i['value'])} [{f.format(i['low'])}, {f.format(i['high'])}]"
+
+    out = ["| small-model fraction | NFE small/large | model cost | FD to held-out [95%] | minus full [95%] | vs full | "
+           "plain large at equal cost | vs plain | PSNR vs full (dB) | speed-up median / min (ideal) | of ideal (median, min) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    plain = {p["steps"]: p for p in data["large_alone_equal_cost"]}
     for r in data["rows"]:
         psnr = "inf" if math.isinf(r["psnr"]) else f"{r['psnr']:.1f}"
-        out.append(f"| {r['fraction_small']:g} | {'/'.join(map(str, r['nfe_per_model']))} | {r['model_cost']:.2f} | "
-                   f"{r['frechet_distance']:.3f} | {psnr} | {r['speedup_vs_full']:.2f} ({r['ideal_speedup']:.2f}) |")
-    plain = ", ".join(f"{r['steps']} steps {r['psnr']:.1f} dB (FD {r['frechet_distance']:.3f})"
-                      for r in data["large_alone_equal_cost"])
-    ref = data["data_reference"]
+        base = plain.get(r["plain_steps"])
+        steps = f"{r['plain_steps']} step{'s' * (r['plain_steps'] != 1)}"
+        base = f"{steps}, FD {ci(base['fd_heldout'])}" if base else "(the full run)"
+        out.append(f"| {r['fraction_small']:g} | {'/'.join(map(str, r['nfe_per_model']))} | {r['model_cost']:.3f} | "
+                   f"{ci(r['fd_heldout'])} | {ci(r['fd_minus_full'], True)} | {r['verdict_vs_full']} | {base} | "
+                   f"{r['verdict_vs_plain']} | {psnr} | {r['speedup_vs_full']:.2f} / {r['speedup_vs_full_min']:.2f} "
+                   f"({r['ideal_speedup']:.2f}) | {r['speedup_of_ideal']:.1%}, {r['speedup_of_ideal_min']:.1%} |")
+    floor = data["data_reference"]
+    m = data["machine"]
+    load_avg = " to ".join(f"{m[k]:.1f}" for k in ("load_average_start", "load_average_end") if m.get(k) is not None)
+    wins = {v: [f"{r['fraction_small']:g}" for r in data["rows"][1:] if r["verdict_vs_plain"] == v]
+            for v in ("better", "same", "WORSE")}
+    as_full = [f"{r['fraction_small']:g}" for r in data["rows"][1:] if r["verdict_vs_full"] == "same"]
+    verdicts = (f"Against the large model alone at the same model cost, stitching is better at fractions "
+                f"{', '.join(wins['better']) or 'none'}, the same at {', '.join(wins['same']) or 'none'} and worse at "
+                f"{', '.join(wins['WORSE']) or 'none'}; within the full run's own interval at fractions "
+                f"{', '.join(as_full) or 'none'}.")
     return "\n".join([
         "### T-Stitch trade-off on the zoo", "",
-        f"`{s['models']['small']}` for the first fraction of the steps, `{s['models']['large']}` for the rest; "
-        f"{s['sampler']}, {s['steps']} steps, guidance {s['guidance_scale']}, {s['samples']} samples; PSNR against "
-        f"the full large-model samples from the same noise; wall time on a batch of {s['timing_batch']} "
-        f"(median of {s['repeats']}).", "", *out, "",
-        f"The large model alone at equal model cost: {plain}. Frechet-distance noise floor of the data itself: "
-        f"{ref['frechet_distance_data_subset_vs_all']:.2f} (subset vs all) to {ref['frechet_distance_data_half_vs_half']:.2f}"
-        " (half vs half).", "", source(name, data)])
+        f"`{s['models']['small']}` for the first fraction of the steps, `{s['models']['large']}` for the rest "
+        f"({s['macs_per_sample'][s['models']['small']]} vs {s['macs_per_sample'][s['models']['large']]} multiply-adds "
+        f"per sample); {s['sampler']}, {s['steps']} steps, guidance {s['guidance_scale']}, {s['samples']} samples per "
+        "row from the same noises. Quality: Frechet distance to the 297 held-out digits in the zoo classifier's "
+        f"features with its 95% interval ({s['interval'].replace('ltc.zoo.distance', '`ltc/zoo/distance.py`')}), and the "
+        "paired interval of the difference to the full run; a verdict is `WORSE`/`better` only when that paired "
+        "interval excludes 0 and the value lies outside the other row's interval. Each row is judged beside the large "
+        "model alone at the most steps its model cost buys. PSNR against the full run is secondary (stitching "
+        f"changes the model). CPU wall time on a batch of {s['timing_batch']}, {s['repeats']} interleaved repeats "
+        f"(load average {load_avg} on {m.get('cpus')} CPUs: the minimum is the least disturbed); ideal = 1 / "
+        "model cost.", "", *out, "", verdicts, "",
+        f"The training digits' own distance to the held-out ones (the floor of this yardstick, "
+        f"{floor['training_digits']} images): {ci(floor['fd_training_digits_to_heldout'])}.",
+        "", "![T-Stitch trade-off](results/tstitch_tradeoff.png)", "", source(name, data)])
 
 
 def zoo_training() -> str:
@@ -172,8 +219,8 @@ def zoo_training() -> str:
         out.append(f"| {model} | {m.get('params', '')} | {m['macs_per_sample']} | {m['wall_time_s']:.0f} | "
                    f"{last['mean_loss']:.4f} (step {last['step']}) | {acc} | `{m['command']}` |")
     macs = {k: m["macs_per_sample"] for k, m in data["models"].items()}
-    ratio = (f"`unet_large` costs {macs['unet_large'] / macs['unet_small']:.1f}x the multiply-adds of `unet_small`."
-             if {"unet_large", "unet_small"} <= macs.keys() else "")
+    ratio = " ".join(f"`unet_large` costs {macs['unet_large'] / macs[small]:.1f}x the multiply-adds of `{small}`."
+                     for small in ("unet_small", "unet_tiny") if {"unet_large", small} <= macs.keys())
     return "\n".join(["### Zoo training", "",
                       "The models shipped in `ltc/zoo/weights/` (the demo's), trained on the CPU by the commands "
                       "shown (loss curves in the JSON).", "", *out, "", ratio, "", source(name, data)])
@@ -210,45 +257,10 @@ def step_kernels() -> str:
     return "\n".join(blocks)
 
 
-DIFFUSERS_AGREEMENT = """\
-### diffusers agreement (static: no result file holds it)
-
-Not generated from `bench/results/`: the output of `python tests/test_diffusers_adapter.py`, pasted from
-one run on the 2-core CPU machine (torch 2.13.0+cpu, float32). Each case drives a diffusers scheduler in
-its own loop and ltc's sampler from the same latents; max |ltc - diffusers| and that over max |diffusers|.
-The tests assert relative < 1e-5; rerun the command to refresh this block.
-
-```
-case                             ltc sampler                                     max abs   max rel
-oracle ddim trailing             DDIM(eta=0.0)                                  1.19e-07  1.14e-07
-oracle ddim leading sd           DDIM(eta=0.0)                                  2.38e-07  2.01e-07
-oracle ddim eta=0.5              DDIM(eta=0.5)                                  2.53e-07  2.57e-07
-oracle ddim v                    DDIM(eta=0.0)                                  4.17e-07  3.56e-07
-oracle dpmpp_2m                  DPMSolverPP(order=2, lower_order_final=True)   1.86e-07  1.64e-07
-oracle dpmpp_2m sigma_min        DPMSolverPP(order=2, lower_order_final=False)  1.07e-06  7.57e-07
-oracle dpmpp_2m karras           DPMSolverPP(order=2, lower_order_final=True)   3.58e-07  2.78e-07
-oracle dpmpp_2m x0               DPMSolverPP(order=2, lower_order_final=True)   1.19e-07  1.05e-07
-oracle dpmpp_3m                  DPMSolverPP(order=3, lower_order_final=True)   2.38e-07  2.08e-07
-oracle dpmpp_3m sigma_min        DPMSolverPP(order=3, lower_order_final=False)  2.98e-06  2.28e-06
-oracle dpmpp_2m flow sigmas      DPMSolverPP(order=2, lower_order_final=True)   1.79e-07  1.51e-07
-oracle flow euler shift 3        Euler()                                        1.79e-07  1.73e-07
-oracle flow euler                Euler()                                        3.13e-07  2.56e-07
-oracle euler leading             Euler()                                        2.38e-07  2.12e-07
-oracle euler linspace v          Euler()                                        1.79e-07  1.61e-07
-tiny UNet2DModel ddim            DDIM(eta=0.0)                                  7.63e-06  2.96e-07
-tiny UNet2DModel dpmpp_2m        DPMSolverPP(order=2, lower_order_final=True)   1.14e-05  2.57e-07
-tiny UNet2DModel dpmpp_2m karras v DPMSolverPP(order=2, lower_order_final=True)   1.19e-06  3.85e-07
-tiny UNet2DCondition CFG=4       DPMSolverPP(order=2, lower_order_final=True)   1.72e-05  3.64e-07
-tiny SD3Transformer flow euler   Euler()                                        7.15e-07  1.94e-07
-```
-
-Where diffusers' definitions differ from a plain grid (DDIM's off-grid steps, DPM-Solver's final-step rules,
-FlowMatchEuler's twice-shifted `sigma_min`, EulerDiscrete's `x / alpha` state), the module docstring of
-`ltc/adapters/diffusers.py` says what ltc does."""
-
-TABLES = (convergence, loop_overhead, calibration_cost, ltc_evidence, tstitch, zoo_training, step_kernels)
+TABLES = (convergence, loop_overhead, calibration_cost, ltc_evidence, sampler_agreement, tstitch, zoo_training,
+          step_kernels)
 COVERED = {"convergence.json", "loop_overhead_cpu.json", "ltc_calibration_cost.json", "ltc_evidence.json",
-           "tstitch_tradeoff.json", "zoo_training.json"}
+           "sampler_agreement.json", "tstitch_tradeoff.json", "zoo_training.json"}
 
 
 def uncovered() -> str:
@@ -266,7 +278,7 @@ def render() -> str:
              "`bench/results/`: do not edit by hand (`tests/test_bench_tables.py` fails when this file differs from "
              "what the generator writes). Every table names its source file and the device recorded in it; the "
              "one static block (diffusers agreement) says so.",
-             scripts(), "## Results", *(table() for table in TABLES), DIFFUSERS_AGREEMENT, uncovered()]
+             scripts(), "## Results", *(table() for table in TABLES), uncovered()]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 

@@ -298,7 +298,7 @@ def test_config_dicts_work_and_the_callers_scheduler_is_not_touched():
 @pytest.mark.parametrize("make, match", [
     (lambda: diffusers.DDIMScheduler(clip_sample=True), "clip_sample"),
     (lambda: diffusers.DDIMScheduler(thresholding=True, clip_sample=False), "thresholding"),
-    (lambda: diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"), "algorithm_type"),
+    (lambda: diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver"), "algorithm_type"),
     (lambda: diffusers.DPMSolverMultistepScheduler(solver_type="heun"), "solver_type"),
     (lambda: diffusers.DPMSolverMultistepScheduler(variance_type="learned_range"), "learned_variance"),
     (lambda: diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), "stochastic_sampling"),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ltc
+from ltc.samplers import DPMSolverPP
 from ltc import Model, Schedule
 from ltc.executor import graph as graphs
 from ltc.executor.capture import RecordedGraphs
@@ -139,7 +140,7 @@ def test_step_mode_tells_guidance_from_the_update_it_feeds():
         run(big, dtype=torch.float16, guidance_scale=1.5)
     message = str(err.value)
     assert "guidance_scale=1.5 is not the cause" in message
-    assert "the prediction conversion and DPMSolverPP(order=2, lower_order_final=True) update" in message
+    assert f"the prediction conversion and {DPMSolverPP(2)!r} update" in message
     with pytest.raises(ltc.NonFiniteError, match="update at the schedule's noise levels .* check the schedule"):
         run(big, dtype=torch.float16)
 

@@ -17,6 +17,16 @@ The plan's ``[N, NCOLS]`` table (columns :class:`Col`) holds, per step ``i``:
                        D_i = IN x_{i+1} + IC x_i
 
 ``D_j`` (the clean estimate of step j) lives in slot ``j % HISTORY_SLOTS`` of ``hist``.
+
+Adding a fused op: its name in :data:`OPS` (``ltc.ops`` refuses a backend without it; also in
+:data:`STEP_OPS` if it reads row ``step`` of the table, so per-step graph replay substitutes the
+index; new columns in :class:`Col`, in ``csrc/ltc_ops.h``, filled in ``ltc/plan.py``); the
+specification in ``ltc/ops/reference.py``; its host checks in ``ltc/ops/checks.py``; the Triton
+kernel in ``kernels/<op>.py`` (bound from ``OPS`` by ``kernels/__init__.py``); the CUDA kernel in
+``csrc/`` (``.cu``, ``ltc_ops.h``, ``binding.cpp``) and its wrapper in ``ltc/ops/cuda.py``; its
+custom-op registration in ``ltc/ops/library.py``; the call in ``ltc/executor/walk.py`` or
+``ltc/calibration/walk.py``; tests in ``tests/ops/test_<op>.py`` (its case matrix in
+``tests/ops/cases.py``, run on every backend) and ``bench/step_ops.py --op <op>`` for its speed.
 Tensors are stored in one of :data:`FLOAT_DTYPES`; the arithmetic and the table are in
 :func:`compute_dtype` of the storage dtype.  A policy gives the six coefficients of an
 extrapolated step as one ``[6]`` row, indexed by :class:`ExtrapolationCol`.
