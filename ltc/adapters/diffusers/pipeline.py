@@ -73,6 +73,7 @@ class Scheduler:
         self.plan = None
         self._stepper = None
         self._schedule = None
+        self._generator = None  # the generator of the current step() call (stochastic samplers draw from it)
         self._row = 0
 
     # -- what pipelines read ---------------------------------------------------------------------
@@ -135,7 +136,6 @@ class Scheduler:
             if self._row != 0:
                 raise ValueError(f"the latents changed shape, dtype or device at plan row {self._row} "
                                  f"({tuple(sample.shape)}, {sample.dtype}): one generation walks one batch")
-            self._generator = generator
             noise_fn = self._draw if self._sampler_now.stochastic else None
             self._stepper = Stepper(self._schedule, self.policy, sampler=self._sampler_now, steps=None, noise=x,
                                     predictions=[self.prediction] * self.models, step_noise=noise_fn)
