@@ -7,7 +7,7 @@
 The pipeline, bottom layer first; each module imports only its own layer or those before it
 (``tests/test_layering.py``): :mod:`.schedule`, :mod:`.models`, :mod:`.ops.contract` ->
 :mod:`.samplers` -> :mod:`.plan` -> :mod:`.policies` -> :mod:`.ops` backends -> :mod:`.executor`
--> :mod:`.api` -> :mod:`.stepper`, :mod:`.calibration`, :mod:`.adapters`, :mod:`.distributed`,
+-> :mod:`.api` -> :mod:`.stepper`, :mod:`.calibration`, :mod:`.plan_search`, :mod:`.adapters`, :mod:`.distributed`,
 :mod:`.zoo` -> :mod:`.demo`, :mod:`.cli`.
 """
 from . import ops, policies, samplers
@@ -17,10 +17,11 @@ from .calibration import Calibration, calibrate
 from .executor import NonFiniteError
 from .models import Model
 from .plan import Plan, compile_plan
+from .plan_search import OptimizedPlan, optimize
 from .schedule import Grid, Schedule
 from .stepper import Stepper, StepRequest
 from .zoo import oracles
 
 __all__ = ["sample", "Schedule", "Grid", "Model", "Plan", "compile_plan", "SampleInfo",
            "NonFiniteError", "policies", "samplers", "oracles", "ops", "__version__",
-           "Stepper", "StepRequest", "calibrate", "Calibration"]
+           "Stepper", "StepRequest", "calibrate", "Calibration", "optimize", "OptimizedPlan"]

@@ -23,7 +23,7 @@ LAYERS = [
     ("ltc.ops", "ltc.kernels"),
     ("ltc.executor",),
     ("ltc.api",),
-    ("ltc.stepper", "ltc.calibration", "ltc.adapters", "ltc.distributed", "ltc.zoo"),
+    ("ltc.stepper", "ltc.calibration", "ltc.plan_search", "ltc.adapters", "ltc.distributed", "ltc.zoo"),
     ("ltc.demo", "ltc.cli", "ltc.__main__", "ltc"),
 ]
 

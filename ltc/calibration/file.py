@@ -198,26 +198,7 @@ class Calibration:
         docstring): ``models`` (the :class:`ltc.Model` objects its plan calls, in model-index
         order, or None when the caller does not see them), the shape ``[*S]`` of one sample and the
         guidance scale (None: no guidance).  Warns where it cannot tell."""
-        fitted = self.fitted_on
-        if not fitted:
-            warnings.warn("this LTC calibration records nothing about the models, guidance and sample shape it was "
-                          "fitted on (made by hand?): ltc cannot check that it fits this run", stacklevel=3)
-            return
-        if fitted["guidance_scale"] != guidance_scale:
-            raise ValueError(f"this LTC calibration was fitted with guidance_scale={fitted['guidance_scale']}; this "
-                             f"run uses guidance_scale={guidance_scale} (LTC weights depend on it: recalibrate)")
-        if list(sample_shape) != fitted["sample_shape"]:
-            raise ValueError(f"this LTC calibration was fitted on samples of shape {fitted['sample_shape']} (without "
-                             f"the batch); this run's are {list(sample_shape)} (recalibrate for this shape)")
-        if models is None:
-            return
-        records = fitted["models"]
-        if len(models) != len(records):
-            raise ValueError(f"this LTC calibration was fitted on {len(records)} model(s) "
-                             f"{[r['name'] for r in records]}; this run's plan calls {len(models)}: "
-                             f"{[getattr(m, 'name', m) for m in models]}")
-        for record, model in zip(records, models):
-            _check_model(record, model)
+        check_run(self.fitted_on, models, sample_shape, guidance_scale, "this LTC calibration", "recalibrate")
 
     def recommended(self) -> dict | None:
         """The better plain plan when the refusal rule rejected LTC, else None."""
@@ -336,26 +317,51 @@ def _check_fitted_on(path, fitted) -> None:
                          f"[ints], 'models': [{{'name', 'weights_sha256', 'tag'}}, ...]}}, got {fitted!r}")
 
 
-def _check_model(record: dict, model) -> None:
+def check_run(fitted: dict, models, sample_shape, guidance_scale, what: str, redo: str) -> None:
+    """Raise ValueError if a run differs from the ``fitted_on`` record (:func:`fitted_on_record`) of
+    ``what`` (e.g. "this LTC calibration"; ``redo``: what to do then, e.g. "recalibrate"): the
+    models its plan calls (None: not seen), the sample shape ``[*S]`` and the guidance scale.
+    Warns where it cannot tell."""
+    if not fitted:
+        warnings.warn(f"{what} records nothing about the models, guidance and sample shape it was fitted on (made "
+                      "by hand?): ltc cannot check that it fits this run", stacklevel=4)
+        return
+    if fitted["guidance_scale"] != guidance_scale:
+        raise ValueError(f"{what} was fitted with guidance_scale={fitted['guidance_scale']}; this run uses "
+                         f"guidance_scale={guidance_scale} (what was fitted depends on it: {redo})")
+    if list(sample_shape) != fitted["sample_shape"]:
+        raise ValueError(f"{what} was fitted on samples of shape {fitted['sample_shape']} (without the batch); this "
+                         f"run's are {list(sample_shape)} ({redo} for this shape)")
+    if models is None:
+        return
+    records = fitted["models"]
+    if len(models) != len(records):
+        raise ValueError(f"{what} was fitted on {len(records)} model(s) {[r['name'] for r in records]}; this run's "
+                         f"plan calls {len(models)}: {[getattr(m, 'name', m) for m in models]}")
+    for record, model in zip(records, models):
+        _check_model(record, model, what, redo)
+
+
+def _check_model(record: dict, model, what: str, redo: str) -> None:
     """One model of a run against the record of the model the calibration was fitted on."""
     name = getattr(model, "name", repr(model))
     if record["weights_sha256"] is not None:
         found = model_fingerprint(getattr(model, "fn", model))
         if found is None:
-            warnings.warn(f"this LTC calibration was fitted on model {record['name']!r} (weights sha256 "
+            warnings.warn(f"{what} was fitted on model {record['name']!r} (weights sha256 "
                           f"{record['weights_sha256'][:16]}...); ltc finds no weights in this run's model {name!r} "
-                          "and cannot tell whether it is the same model", stacklevel=4)
+                          "and cannot tell whether it is the same model", stacklevel=5)
         elif found != record["weights_sha256"]:
-            raise ValueError(f"this LTC calibration was fitted on model {record['name']!r} with weights sha256 "
+            raise ValueError(f"{what} was fitted on model {record['name']!r} with weights sha256 "
                              f"{record['weights_sha256'][:16]}...; this run's model {name!r} has other weights "
-                             f"({found[:16]}...). LTC weights are valid for the exact model weights (and dtype) "
-                             "they were fitted on: recalibrate")
+                             f"({found[:16]}...). What was fitted is valid for the exact model weights (and dtype) "
+                             f"it was fitted on: {redo}")
     elif record["tag"] is not None:
         if name != record["tag"]:
-            raise ValueError(f"this LTC calibration was fitted on a model tagged {record['tag']!r} (a callable without "
+            raise ValueError(f"{what} was fitted on a model tagged {record['tag']!r} (a callable without "
                              f"weights ltc can fingerprint); this run's model is named {name!r}. If it is the same "
                              f"model, name it so: ltc.Model(fn, prediction, name={record['tag']!r})")
     else:
-        warnings.warn(f"this LTC calibration was fitted on {record['name']!r}, a callable without weights ltc can "
+        warnings.warn(f"{what} was fitted on {record['name']!r}, a callable without weights ltc can "
                       f"fingerprint, and without a model_tag: ltc cannot tell whether this run's model {name!r} is "
-                      "the same (calibrate with model_tag=... to have it checked)", stacklevel=4)
+                      "the same (pass model_tag=... when fitting to have it checked)", stacklevel=5)
