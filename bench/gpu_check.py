@@ -12,7 +12,7 @@ priority, each under its own timeout, continuing past failures:
     tests        every ``@pytest.mark.gpu`` test (kernels, graphs, stepper, extension)
     probes       bench/gpu_probes.py: RNG after a failed capture, replaced weights, peak memory of
                  whole-trajectory capture vs eager (DiT-XL/2, batch 8), the cuda:1 device guard
-    step_ops     bench/step_ops.py --device cuda (every op, two sizes)
+    step_ops     bench/step_ops.py --device cuda (every op, two aligned sizes and 16M + 8, n % 16 != 0)
     graph_overhead, graph_policies   bench/graph_executor.py (DiT-S and DiT-XL/2, batch 1 and 8)
     cuda_ext     bench/cuda_ext.py (two sizes)
     memcheck     compute-sanitizer memcheck over the extension's tests
@@ -64,7 +64,7 @@ def parts(junit: Path) -> list[dict]:
                                 f"--junitxml={junit}"], timeout=200, cuda=True, env=jit),
         dict(name="probes", cmd=[PY, "bench/gpu_probes.py"], timeout=120, cuda=True),
         dict(name="step_ops", cmd=[PY, "bench/step_ops.py", "--device", "cuda", "--sizes", "1048576", "16777216",
-                                   "--repeats", "20"], timeout=90, cuda=True),
+                                   "16777224", "--repeats", "20"], timeout=90, cuda=True),
         dict(name="graph_overhead", cmd=[PY, "bench/graph_executor.py", "--part", "overhead", "--models", "S", "XL",
                                          "--batches", "1", "8", "--repeats", "5", "--no-compile"],
              timeout=150, cuda=True),

@@ -22,6 +22,18 @@ and, on CUDA, the time per step of steps replayed from a CUDA graph (launch over
     python bench/step_ops.py --device cuda --op extrapolate_step   # or transition_dots
     python bench/step_ops.py --device cuda --configs 2048x8 4096x8   # + other fused launch sizes (model_step)
 
+Every row says whether n % 16 == 0 (``aligned``); the default CUDA sizes include unaligned ones
+(n + 8), and the summary prints % of copy bandwidth for aligned and unaligned sizes apart.
+
+Bytes of the whole executor step (model_step only; ``executor_bytes`` in the JSON): one guided
+``Walk.advance`` of the fused backend (``--executor-backend``, default triton; its interpreter on
+the CPU with ``TRITON_INTERPRET=1``) with ``check_finite="end"``, after a model call that returns a
+contiguous output and one that returns a DiT-style ``out[:, :C]`` view of a ``[2B, 2C, H, W]``
+tensor.  Every aten operation launched is counted by a dispatch mode (tensor arguments read,
+written arguments and fresh outputs written, views free), the fused kernel by its own minimum;
+the ratio to the kernel's minimum is the goal's (<= 1.1x).  The model input ``[x; x]`` is counted
+apart (it belongs to the model call).
+
 writes ``bench/results/step_kernels_<device>.json`` (model_step) or ``step_ops_<op>_<device>.json``.
 (``<device>``: ``cpu`` or the GPU's name; the model step keeps the file name and format that
 bench/report.py reads.)
@@ -38,6 +50,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _env import machine_info, write_result  # noqa: E402
@@ -59,8 +72,10 @@ OP_STREAMS = {"model_step": STREAMS, "extrapolate_step": 6, "transition_dots": 3
 OP_BYTES = {"model_step": "(x, m_u, m_c, D_prev in; x_next, D out)",
             "extrapolate_step": "(x, x_prev, D_prev, D_prev2 in; x_next, D out)",
             "transition_dots": "(x, x_prev, x_target in; [B, 2] out)"}
-CUDA_SIZES = [1 << k for k in (16, 18, 20, 22, 24, 26)]     # 64K .. 64M
+CUDA_SIZES = [1 << k for k in (16, 18, 20, 22, 24, 26)] + [(1 << 22) + 8, (1 << 24) + 8]  # 64K .. 64M; unaligned
 CPU_SIZES = [1 << 16, 1 << 18]
+EXECUTOR_SHAPES_CPU = [(1, 4, 8, 8), (1, 4, 7, 9)]          # n % 16 == 0 and not (interpreter: tiny)
+EXECUTOR_SHAPES_CUDA = [(1, 4, 64, 64), (1, 4, 63, 65)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MIB = 1 << 20
 
@@ -248,6 +263,93 @@ def device_slug(device):
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
+class ByteCounter(TorchDispatchMode):
+    """Bytes moved by the aten operations run under it: each tensor argument read once, each
+    written argument (schema ``a!``) and each fresh output written once; views move nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.read = self.written = 0
+        self.ops: list[str] = []
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.paused or func.is_view or func._schema.name in ("aten::empty", "aten::empty_like", "aten::lift_fresh"):
+            return out
+        self.ops.append(func._schema.name)
+        for arg, value in zip(func._schema.arguments, [*args, *[kwargs.get(a.name) for a in
+                                                               func._schema.arguments[len(args):]]]):
+            for t in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(t, torch.Tensor):
+                    if arg.alias_info is not None and arg.alias_info.is_write:
+                        self.written += t.numel() * t.element_size()
+                    else:
+                        self.read += t.numel() * t.element_size()
+        if not func._schema.returns or all(r.alias_info is None for r in func._schema.returns):
+            for t in (out if isinstance(out, (list, tuple)) else [out]):
+                if isinstance(t, torch.Tensor):
+                    self.written += t.numel() * t.element_size()
+        return out
+
+
+def executor_bytes(backend: str, dtype: torch.dtype, shape, device) -> dict:
+    """Bytes one guided model step of the walk moves (``check_finite="end"``), per model-output
+    layout, next to the fused kernel's minimum (module docstring)."""
+    from ltc import ops as ltc_ops
+    from ltc.executor.walk import Walk
+    from ltc.models import as_models
+
+    name, module = ltc_ops.resolve(backend, device)
+    kernel_module = sys.modules.get("ltc.kernels.model_step") if name == "triton" else None
+    schedule = Schedule.vp("scaled_linear")
+    plan = compile_plan(schedule.discretize(PLAN_STEPS), get_sampler("dpmpp_2m"), Full(), ["eps"], GUIDANCE)
+    n, item = math.prod(shape), dtype.itemsize
+    reads, noisy = plan.history_reads[STEP], plan.noisy[STEP]
+    minimum = (3 + reads + (1 if noisy else 0) + 2) * n * item  # x, m_u, m_c, D_prev.., z in; x_next, D out
+    result = {"backend": name, "dtype": str(dtype).replace("torch.", ""), "shape": list(shape), "numel": n,
+              "aligned": n % 16 == 0, "fused_minimum_bytes": minimum}
+    for layout in ("contiguous", "batch_strided"):
+        def model(x, t, layout=layout):
+            if layout == "contiguous":
+                return torch.zeros_like(x)
+            return torch.zeros((x.shape[0], 2 * x.shape[1], *x.shape[2:]), dtype=x.dtype, device=x.device)[:, :x.shape[1]]
+        model.prediction, model.name = "eps", "stand-in"
+        walk = Walk(plan, as_models(model), torch.zeros(shape, dtype=dtype, device=device), ops=module,
+                    check_finite="end")
+        walk.load(torch.randn(shape, dtype=dtype, device=device))
+        for i in range(STEP):  # the checked first call of each op, and a realistic history
+            walk.step(i)
+        with ByteCounter() as counter:
+            walk.model_input(STEP)
+        input_bytes = counter.read + counter.written
+        model_out = walk.call(STEP)
+        counter = ByteCounter()
+        launches = []
+        if kernel_module is not None:  # the kernel by its minimum; aten work inside its launcher excluded
+            real = kernel_module.launch_unchecked
+
+            def counted(*args, **kwargs):
+                counter.paused = True
+                try:
+                    launches.append(minimum)
+                    return real(*args, **kwargs)
+                finally:
+                    counter.paused = False
+            kernel_module.launch_unchecked = counted
+        try:
+            with counter:
+                walk.advance(STEP, model_out)
+        finally:
+            if kernel_module is not None:
+                kernel_module.launch_unchecked = real
+        total = counter.read + counter.written + sum(launches)
+        result[layout] = {"step_bytes": total, "ratio_to_fused_minimum": total / minimum,
+                          "aten_ops": counter.ops, "model_input_bytes": input_bytes}
+    return result
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")
@@ -261,6 +363,8 @@ def main():
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--flush-mib", type=int, default=None, help="L2 flush buffer (default 256 MiB CUDA, 32 MiB CPU)")
     p.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth buffer (default 1024 MiB CUDA, 64 CPU)")
+    p.add_argument("--executor-backend", default="triton", help="backend of the executor byte count (model_step; "
+                   "'none' skips it)")
     p.add_argument("--out", type=Path, help="result file (default bench/results/step_kernels_<device>.json for "
                    "model_step, step_ops_<op>_<device>.json for the other ops)")
     args = p.parse_args()
@@ -289,7 +393,8 @@ def main():
             same = copy_bandwidth(timer, step_bytes // 2, repeats, args.warmup)
             results, case_rows = {}, []
             for name, fn in implementations(coefs, names, args.configs, args.op).items():
-                row = {"impl": name, "dtype": dtype_name, "numel": n, "shape": [1, n], **op_args(args.op),
+                row = {"impl": name, "dtype": dtype_name, "numel": n, "aligned": n % 16 == 0, "shape": [1, n],
+                       **op_args(args.op),
                        "bytes_moved": step_bytes, "rotating_sets": len(sets)}
                 try:
                     times = timer.per_call_us(fn, sets, repeats, args.warmup)
@@ -325,6 +430,32 @@ def main():
             if cuda:
                 torch.cuda.empty_cache()
 
+    for impl in sorted({r["impl"] for r in rows}):
+        for dtype_name in args.dtypes:
+            for aligned in (True, False):
+                fracs = [r["frac_copy_peak"] for r in rows if r["impl"] == impl and r["dtype"] == dtype_name
+                         and r["aligned"] == aligned and "frac_copy_peak" in r]
+                if fracs:
+                    print(f"{impl:8s} {dtype_name} {'aligned  ' if aligned else 'unaligned'} (n % 16 "
+                          f"{'==' if aligned else '!='} 0): {100 * min(fracs):.1f}-{100 * max(fracs):.1f}% of copy")
+
+    executor = []
+    if args.op == "model_step" and args.executor_backend != "none":
+        for dtype_name in args.dtypes:
+            for shape in (EXECUTOR_SHAPES_CUDA if cuda else EXECUTOR_SHAPES_CPU):
+                try:
+                    entry = executor_bytes(args.executor_backend, DTYPES[dtype_name], shape, args.device)
+                except Exception as exc:  # e.g. triton on the CPU without its interpreter: owed to the GPU run
+                    entry = {"dtype": dtype_name, "shape": list(shape), "error": f"{type(exc).__name__}: {exc}"[:300]}
+                    print(f"executor bytes {dtype_name} {shape}: {entry['error']}")
+                else:
+                    for layout in ("contiguous", "batch_strided"):
+                        e = entry[layout]
+                        print(f"executor bytes {entry['backend']} {dtype_name} {shape} {layout:13s}: "
+                              f"{e['step_bytes']} B = {e['ratio_to_fused_minimum']:.2f}x the fused minimum "
+                              f"({entry['fused_minimum_bytes']} B); aten ops {e['aten_ops']}")
+                executor.append(entry)
+
     slug = device_slug(args.device)
     label = (f"GPU ({slug}); implementations: {', '.join(names)}" if cuda else
              f"CPU, reference only (implementations: {', '.join(names)}; eager = the ops_reference chain): "
@@ -340,7 +471,7 @@ def main():
                           "back_to_back_us": "wall time per call of calls in a row, host overhead included",
                           "graph_us_per_step": "20 steps captured in one CUDA graph, replay time / 20, L2 warm"},
                "copy_peak": {k: v for k, v in peak.items()},
-               "rows": rows}
+               "rows": rows, **({"executor_bytes": executor} if executor else {})}
     if args.out is None:
         written = write_result(f"step_kernels_{slug}" if args.op == "model_step" else f"step_ops_{args.op}_{slug}",
                                payload)

@@ -111,13 +111,38 @@ void check_reads(int64_t reads, int most, const Tensor& hist) {
                     " past clean estimate(s): need at least ", reads + 1, " slots");
 }
 
+// One past the last byte t spans (non-negative strides; data_ptr + nbytes when contiguous).
+uintptr_t span_end(const Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) + static_cast<uintptr_t>((last + 1) * t.element_size());
+}
+
 bool overlap(const Tensor& a, const Tensor& b) {
   if (a.numel() == 0 || b.numel() == 0) return false;
   const auto a0 = reinterpret_cast<uintptr_t>(a.data_ptr());
   const auto b0 = reinterpret_cast<uintptr_t>(b.data_ptr());
-  const auto a1 = a0 + static_cast<uintptr_t>(a.nbytes());
-  const auto b1 = b0 + static_cast<uintptr_t>(b.nbytes());
-  return a0 < b1 && b0 < a1;
+  return a0 < span_end(b) && b0 < span_end(a);
+}
+
+// Whether each sample t[b] is one contiguous block (size-1 dims may have any stride): the layout
+// the model-step kernel reads with a batch stride (ltc/ops/checks.py: sample_contiguous).
+bool sample_contiguous(const Tensor& t) {
+  int64_t expected = 1;
+  for (int64_t d = t.dim() - 1; d >= 1; --d) {
+    if (t.size(d) != 1 && t.stride(d) != expected) return false;
+    expected *= t.size(d);
+  }
+  return true;
+}
+
+// The "first bad step" word: a 1-element int32/int64 tensor on x's device.
+void check_finite_word(const Tensor& w, const Tensor& x) {
+  TORCH_CHECK_TYPE((w.scalar_type() == at::kInt || w.scalar_type() == at::kLong) && w.numel() == 1,
+                   "finite must be a 1-element int32 or int64 tensor (the first-bad-step word), got a ",
+                   w.scalar_type(), " tensor of shape ", w.sizes());
+  TORCH_CHECK_VALUE(w.is_cuda() && w.device() == x.device(), "finite is on ", w.device(), " but x is on ",
+                    x.device());
 }
 
 // A written tensor may share memory with an input only by being the very same tensor, and only
@@ -135,9 +160,13 @@ void check_launch(cudaError_t err, const char* op) {
 
 void model_step(const Tensor& x, const Tensor& model_out, const Tensor& hist, const Tensor& coefs,
                 const std::optional<Tensor>& step_tensor, int64_t step, const Tensor& out, int64_t reads,
-                bool cfg, const std::optional<Tensor>& noise) {
+                bool cfg, const std::optional<Tensor>& noise, const std::optional<Tensor>& finite) {
   check_x(x, "x");
-  check_on_device_of_x(model_out, "model_out", x);
+  TORCH_CHECK_VALUE(model_out.is_cuda() && model_out.device() == x.device(), "model_out must be on ", x.device(),
+                    " (the device of x), got ", model_out.device());
+  TORCH_CHECK_VALUE(model_out.is_contiguous() || (model_out.dim() >= 1 && sample_contiguous(model_out)),
+                    "model_out must be contiguous or have each sample contiguous (a batch stride), got strides ",
+                    model_out.strides(), " for shape ", model_out.sizes());
   check_dtype_of_x(model_out, "model_out", x);
   if (cfg) {
     TORCH_CHECK_VALUE(model_out.dim() == x.dim() && model_out.size(0) == 2 * x.size(0) &&
@@ -167,8 +196,19 @@ void model_step(const Tensor& x, const Tensor& model_out, const Tensor& hist, co
     check_written(out, "out", *step_tensor, "step", false);
     check_written(hist, "hist", *step_tensor, "step", false);
   }
+  if (finite.has_value()) {
+    check_finite_word(*finite, x);
+    check_written(out, "out", *finite, "finite", false);
+    check_written(hist, "hist", *finite, "finite", false);
+    check_written(*finite, "finite", x, "x", false);
+    check_written(*finite, "finite", model_out, "model_out", false);
+    check_written(*finite, "finite", coefs, "coefs", false);
+    if (noise.has_value()) check_written(*finite, "finite", *noise, "noise", false);
+    if (step_tensor.has_value()) check_written(*finite, "finite", *step_tensor, "step", false);
+  }
 
   const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t sample = x.size(0) == 0 ? 0 : x.numel() / x.size(0);
   ltc_cuda::ModelStepArgs args{};
   args.dtype = storage_dtype(x, "x");
   args.x = x.data_ptr();
@@ -179,6 +219,10 @@ void model_step(const Tensor& x, const Tensor& model_out, const Tensor& hist, co
   args.coefs = table;
   args.step = index;
   args.numel = x.numel();
+  args.sample = sample;
+  args.m_batch_stride = model_out.is_contiguous() || model_out.size(0) <= 1 ? sample : model_out.stride(0);
+  args.finite = finite.has_value() ? finite->data_ptr() : nullptr;
+  args.finite_is_int64 = finite.has_value() && finite->scalar_type() == at::kLong;
   args.slots = hist.size(0);
   args.reads = static_cast<int>(reads);
   args.cfg = cfg;
@@ -252,7 +296,7 @@ Tensor transition_dots(const Tensor& x, const Tensor& x_prev, const Tensor& x_ta
 
 TORCH_LIBRARY(ltc_cuda, m) {
   m.def("model_step(Tensor x, Tensor model_out, Tensor(a!) hist, Tensor coefs, Tensor? step_tensor, "
-        "int step, Tensor(b!) out, int reads, bool cfg, Tensor? noise) -> ()");
+        "int step, Tensor(b!) out, int reads, bool cfg, Tensor? noise, Tensor(c!)? finite=None) -> ()");
   m.def("extrapolate_step(Tensor x, Tensor x_prev, Tensor(a!) hist, Tensor coefs, Tensor? step_tensor, "
         "int step, Tensor(b!) out, int reads) -> ()");
   m.def("transition_dots(Tensor x, Tensor x_prev, Tensor x_target) -> Tensor");

@@ -51,16 +51,23 @@ struct CoefTable {
 struct ModelStepArgs {
   DType dtype;
   const void* x;          // [numel]
-  const void* model_out;  // [numel], or [2 numel] with cfg (unconditional half first)
+  const void* model_out;  // [batch (2 batch with cfg, unconditional half first), sample], samples
+                          // m_batch_stride elements apart (== sample: contiguous)
   const void* noise;      // [numel], or nullptr (no noise term)
   void* hist;             // [slots, numel]
   void* out;              // [numel]; may be x itself
+  void* finite;           // the "first bad step" word (int32, int64 when finite_is_int64), or nullptr:
+                          // word = min(word, 2 i + f) when a model output element (f = 0) or else a
+                          // stored x_{i+1} / D_i element (f = 1) is NaN or Inf (atomicMin)
   CoefTable coefs;
   StepIndex step;
   int64_t numel;
+  int64_t sample;          // elements per sample (numel / batch)
+  int64_t m_batch_stride;  // elements between consecutive samples of model_out
   int64_t slots;
   int reads;  // past D used: 0 to kMaxModelStepReads (< slots)
   bool cfg;
+  bool finite_is_int64;
 };
 
 struct ExtrapolateStepArgs {

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from types import SimpleNamespace
 
 from ltc.ops import reference as _reference
 from ltc.ops.contract import OPS
@@ -55,4 +56,8 @@ for _op in OPS:
     globals()[_op] = getattr(_modules[_op], _op) if AVAILABLE else _unavailable(getattr(_reference, _op))
 del _op
 
-__all__ = ["AVAILABLE", "UNAVAILABLE_REASON", *OPS]
+# Each op without its argument checks (each module's ``unchecked``), for callers whose buffers are
+# valid by construction: ltc.executor.walk.Walk launches through them after its first checked call.
+unchecked = SimpleNamespace(**{op: _modules[op].unchecked for op in OPS}) if AVAILABLE else None
+
+__all__ = ["AVAILABLE", "UNAVAILABLE_REASON", "unchecked", *OPS]

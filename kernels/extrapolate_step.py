@@ -64,9 +64,17 @@ def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, 
     """One extrapolated step in one kernel launch (see the module docstring and
     :func:`ltc.ops.reference.extrapolate_step`).  ``x, x_prev, out: [B, *S]``, ``hist: [H, B, *S]``
     (H > reads), ``coefs: [N, NCOLS]``; writes ``out`` and ``hist[step % H]``."""
-    x, x_prev, hist, coefs, step, out, reads = checks.extrapolate_step(
-        launch.RULES, x, x_prev, hist, coefs, step, out, reads=reads)
+    a = checks.extrapolate_step(launch.RULES, x, x_prev, hist, coefs, step, out, reads=reads)
+    _launch(a.x, a.x_prev, a.hist, a.coefs, a.step, a.out, reads=a.reads)
 
+
+def unchecked(x, x_prev, hist, coefs, step, out, *, reads) -> None:
+    """:func:`extrapolate_step` without the argument checks, for arguments valid by construction
+    (the walk's buffers); non-contiguous read-only inputs are still copied."""
+    _launch(checks.readable(x), checks.readable(x_prev), hist, coefs, step, out, reads=reads)
+
+
+def _launch(x, x_prev, hist, coefs, step, out, *, reads) -> None:
     n = x.numel()
     if n == 0:
         return

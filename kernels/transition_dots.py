@@ -79,7 +79,16 @@ def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tenso
     x, x_prev, x_target = checks.transition_dots(launch.RULES, x, x_prev, x_target)
     if x.shape[0] > MAX_BATCH:
         raise ValueError(f"transition_dots supports at most {MAX_BATCH} samples, got B = {x.shape[0]}")
+    return _launch(x, x_prev, x_target)
 
+
+def unchecked(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
+    """:func:`transition_dots` without the argument checks (valid arguments, at most MAX_BATCH
+    samples); non-contiguous inputs are still copied."""
+    return _launch(checks.readable(x), checks.readable(x_prev), checks.readable(x_target))
+
+
+def _launch(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tensor) -> torch.Tensor:
     acc = compute_dtype(x.dtype)
     B = x.shape[0]
     L = x.numel() // B if B else 0

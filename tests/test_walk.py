@@ -5,6 +5,8 @@ These are the behaviours that had drifted while each walker carried its own copy
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -12,11 +14,13 @@ import ltc
 from ltc.calibration.walk import LTCWalk
 from ltc.executor import NonFiniteError, Walk
 from ltc.executor import graph as graphs
+from ltc.executor import walk as walk_module
+from ltc.executor.eager import run_eager
 from ltc.executor.capture import RecordedGraphs
 from ltc.models import as_models
 from ltc.ops import reference
-from ltc.ops.contract import HISTORY_SLOTS
-from ltc.plan import compile_plan
+from ltc.ops.contract import HISTORY_SLOTS, OPS
+from ltc.plan import EXTRAPOLATE, compile_plan
 from ltc.policies import LTC, Full
 from ltc.samplers import get_sampler
 from ltc.zoo.oracles import GaussianMixture
@@ -117,3 +121,48 @@ def test_calibration_walk_with_unit_weights_equals_sampling_the_ltc_plan():
     R0, R1 = policy.rows(plan.grid, plan.sampler, [3, 5])
     walk = LTCWalk(plan, [3, 5], R0, R1, as_models(ORACLE), ops=reference, dtype=torch.float32, device="cpu")
     torch.testing.assert_close(walk.run(noise(), torch.ones(2)).x, expected, rtol=1e-6, atol=1e-6)
+
+
+def counting_reference(calls):
+    """The reference backend with its ``unchecked`` entries, every call counted in ``calls`` under
+    ``(entry, op)``, entry ``"checked"`` or ``"unchecked"``."""
+    def counted(fn, key):
+        def call(*args, **kwargs):
+            calls[key] = calls.get(key, 0) + 1
+            return fn(*args, **kwargs)
+        return call
+    fast = SimpleNamespace(**{op: counted(getattr(reference.unchecked, op), ("unchecked", op)) for op in OPS})
+    return SimpleNamespace(**{op: counted(getattr(reference, op), ("checked", op)) for op in OPS}, unchecked=fast)
+
+
+@pytest.mark.parametrize("check_finite", ["step", "end", "off"])
+def test_the_walk_checks_each_op_once_then_launches_unchecked(check_finite):
+    """A guided LTC plan (model and extrapolated steps): the checked entry of each op is called
+    once (it validates the walk's buffers for the backend), every later step goes through the
+    backend's ``unchecked`` entry, and the sample is the one the checked entries give."""
+    plan = compile_plan(SCHEDULE.discretize(STEPS), get_sampler("dpmpp_2m"), LTC(skip=[3, 5], state="x0"),
+                        (ORACLE.prediction,), 3.0)
+    calls = {}
+    got = run_eager(plan, as_models(ORACLE), noise(), ops=counting_reference(calls), check_finite=check_finite)
+    checked_only = SimpleNamespace(**{op: getattr(reference, op) for op in OPS})
+    want = run_eager(plan, as_models(ORACLE), noise(), ops=checked_only, check_finite=check_finite)
+    assert torch.equal(got, want)
+    extrapolated = plan.models.count(EXTRAPOLATE)
+    assert extrapolated == 2 and plan.cfg
+    assert calls == {("checked", "model_step"): 1, ("unchecked", "model_step"): plan.steps - extrapolated - 1,
+                     ("checked", "extrapolate_step"): 1, ("unchecked", "extrapolate_step"): extrapolated - 1}
+
+
+def test_end_mode_model_steps_launch_no_finite_checks_of_their_own(monkeypatch):
+    """check_finite='end': a guided model step's NaN/Inf record is the op's first-bad-step word,
+    so the walk runs no isfinite pass of its own over the model output or the state."""
+    plan = compile_plan(SCHEDULE.discretize(STEPS), get_sampler("dpmpp_2m"), Full(), (ORACLE.prediction,), 3.0)
+    passes = []
+    real = walk_module.all_finite
+    monkeypatch.setattr(walk_module, "all_finite", lambda *a, **k: passes.append(a) or real(*a, **k))
+    got = run_eager(plan, as_models(ORACLE), noise(), ops=reference, check_finite="end")
+    assert passes == []
+    assert torch.equal(got, run_eager(plan, as_models(ORACLE), noise(), ops=reference, check_finite="off"))
+    with pytest.raises(NonFiniteError, match=f"model 'flaky' returned NaN or Inf at step {BAD_STEP}"):
+        run_eager(plan, as_models(nan_after(BAD_STEP)), noise(), ops=reference, check_finite="end")
+    assert passes == []

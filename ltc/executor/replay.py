@@ -43,6 +43,9 @@ class _AtIndex:
     def __init__(self, ops, index: int):
         for name in STEP_OPS:
             setattr(self, name, _at_index(getattr(ops, name), index))
+        fast = getattr(ops, "unchecked", None)
+        if fast is not None:  # the backend's entries without argument checks (Walk.advance)
+            self.unchecked = _AtIndex(fast, index)
 
 
 class GraphWalk(Walk):

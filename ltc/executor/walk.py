@@ -7,8 +7,9 @@ A :class:`Walk` owns everything a step touches, allocated once for one shape, dt
     hist       [H, B, *S]   clean estimates; D_j in slot j % H (H = HISTORY_SLOTS)
     coefs      [N, NCOLS]   the plan's coefficient table, compute dtype (:func:`ltc.ops.contract.compute_dtype`)
     timesteps  [N]          the model time input of every step, compute dtype
-    finite     [N, 2] bool  ``check_finite="end"``: per step, (model output | D_i of an extrapolated step)
-                            finite, and x_{i+1} finite
+    finite     [1] int32    ``check_finite="end"``: the "first bad step" word, 2 i + f of the first step i
+                            that was not finite (f = 0: its model output, f = 1: what the step wrote),
+                            INT32_MAX while every step was (:mod:`ltc.ops.reference`)
 
 and the step itself: the model input (``[x; x]`` under classifier-free guidance, times expanded to
 the batch), the model call, the output checks (shape, dtype, device; the model must not write its
@@ -20,8 +21,13 @@ walk, :class:`ltc.Stepper` and the LTC calibration walk are all built on it.
 for an extrapolated step also D_i) and, for a model step, the model output.  ``"step"`` copies
 one value to the host after every step (the sum of what it wrote: finite proves every element
 finite, :func:`sum_is_finite`; else the exact check decides) and raises at once; ``"end"`` records the flags on the
-device (no sync) and :meth:`Walk.finish` raises after the loop (one copy of ``finite``); ``"off"``
-checks nothing.  Since the noise and every earlier step were finite, the first bad step's own
+device (no sync: a model step's op lowers the word itself, in its one launch; an extrapolated
+step's check is separate) and :meth:`Walk.finish` raises after the loop (one copy of the word);
+``"off"`` checks nothing.
+
+The step ops are launched through the backend's ``unchecked`` entries (:mod:`ltc.ops.contract`)
+after the first, checked, call of each op: the walk's buffers are its own and do not change, and
+each model output is checked by :meth:`Walk.check` (shape, dtype, device).  Since the noise and every earlier step were finite, the first bad step's own
 computation is the source, and the :class:`NonFiniteError` names it: the model (its output), the
 guidance combine, the solver update at the schedule's noise levels, or the extrapolation (an LTC
 weight) of that step.
@@ -35,9 +41,11 @@ import torch
 
 from ..models import INPLACE_FIX, Model, check_output, half_batch_kwargs
 from ..ops.contract import HISTORY_SLOTS, Col, compute_dtype
+from ..ops.reference import FINITE_SENTINEL, record_first_bad
 from ..plan import EXTRAPOLATE, Plan
 
 CHECK_FINITE = ("auto", "step", "end", "off")
+NO_BAD_STEP = FINITE_SENTINEL[torch.int32]  # the "end" word while every step was finite
 
 
 class NonFiniteError(ValueError):
@@ -227,8 +235,10 @@ class Walk:
         self.xs = [torch.zeros_like(template), torch.zeros_like(template)]
         self.hist = torch.zeros((HISTORY_SLOTS, *template.shape), dtype=dtype, device=device)
         end = self.check_finite == "end"
-        self.finite = torch.ones((plan.steps, 2), dtype=torch.bool, device=device) if end else None
-        self._flags = self.finite.view(-1) if end else None  # flag f of step i at 2 i + f
+        self.finite = torch.full((1,), NO_BAD_STEP, dtype=torch.int32, device=device) if end else None
+        self._scratch = torch.empty_like(self.finite) if end else None  # per-step graphs: the op's own word
+        self._true = torch.ones((), dtype=torch.bool, device=device) if end else None
+        self._checked_ops: set[str] = set()  # ops called once through the checked entry
         self._rounded = dtype != compute_dtype(dtype)  # stores round the arithmetic: both outputs can overflow
         batch = template.shape[0] * (2 if plan.cfg else 1)
         self.expected = Expected(torch.Size((batch, *template.shape[1:])), dtype, device)
@@ -240,7 +250,7 @@ class Walk:
         """Start a run from ``noise`` (copied into ``xs[0]``; the finite record is cleared)."""
         self.xs[0].copy_(noise)
         if self.finite is not None:
-            self.finite.fill_(True)
+            self.finite.fill_(NO_BAD_STEP)
 
     def state(self, i: int) -> torch.Tensor:
         """The state x_i before step ``i`` (after the last step: the sample)."""
@@ -296,15 +306,29 @@ class Walk:
         x = self.state(i)
         out = self.xs[(i + 1) % 2] if out is None else out
         if plan.models[i] == EXTRAPOLATE:
-            ops.extrapolate_step(x, out, self.hist, coefs, i, out, reads=plan.history_reads[i])
+            self._launch(ops, "extrapolate_step", x, out, self.hist, coefs, i, out, reads=plan.history_reads[i])
         else:
             z = self._noise(i, x) if plan.noisy[i] else None
-            ops.model_step(x, model_out, self.hist, coefs, i, out, reads=plan.history_reads[i], cfg=plan.cfg,
-                           noise=z)
+            word = None
+            if self.finite is not None:  # the op records a non-finite step in the word ("end")
+                word = self.finite if step_id is None else self._scratch.fill_(NO_BAD_STEP)
+            self._launch(ops, "model_step", x, model_out, self.hist, coefs, i, out, reads=plan.history_reads[i],
+                         cfg=plan.cfg, noise=z, finite=word)
         if self.check_finite == "step":
             self._check_now(i, model_out, out)
         elif self.finite is not None:
             self._record(i, model_out, out, step_id)
+
+    def _launch(self, ops, name: str, *args, **kwargs) -> None:
+        """``ops.<name>(*args, **kwargs)``: through the checked entry the first time (it validates
+        the walk's buffers for the backend), then through ``ops.unchecked`` where the backend offers
+        it (the buffers do not change; :meth:`check` checked the model output)."""
+        fast = getattr(ops, "unchecked", None)
+        if fast is None or name not in self._checked_ops:
+            getattr(ops, name)(*args, **kwargs)
+            self._checked_ops.add(name)
+        else:
+            getattr(fast, name)(*args, **kwargs)
 
     def _noise(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Step ``i``'s fresh noise z, ``[B, *S]`` like ``x``: from ``step_noise`` or the generator."""
@@ -339,20 +363,21 @@ class Walk:
             raise self._diagnose(i, model_out)
 
     def _record(self, i: int, model_out, out: torch.Tensor, step_id) -> None:
-        """``"end"``: write step ``i``'s two flags on the device (no sync): its model output finite
-        (model steps; extrapolated steps keep True), and what it wrote finite."""
-        written = self._written(i, model_out, out)
-        if step_id is None:
-            if model_out is not None:
-                all_finite(model_out, out=self._flags[2 * i])
-            all_finite(written[0], out=self._flags[2 * i + 1])
+        """``"end"``, after step ``i`` (device work, no sync): a model step's op lowered the word
+        itself (per-step graphs: its scratch word, recorded at step ``i % H`` of the ``[H, NCOLS]``
+        rows, is moved to the device step ``step_id``); an extrapolated step's written tensors are
+        checked here (f = 1: no model output)."""
+        step = i if step_id is None else step_id
+        if model_out is None:
+            written = self._written(i, model_out, out)
+            ok = all_finite(written[0])
             for t in written[1:]:
-                self._flags[2 * i + 1].logical_and_(all_finite(t))
-        else:  # per-step graphs: the row is the device step index
-            model_ok = all_finite(model_out) if model_out is not None else torch.ones((), dtype=torch.bool,
-                                                                                      device=out.device)
-            written_ok = torch.stack([all_finite(t) for t in written]).all()
-            self.finite.index_copy_(0, step_id.reshape(1), torch.stack([model_ok, written_ok]).reshape(1, 2))
+                ok = ok & all_finite(t)
+            record_first_bad(self.finite, step, self._true, ok)
+        elif step_id is not None:
+            s = self._scratch
+            moved = 2 * step_id.reshape(1).to(s.dtype) + s % 2
+            torch.minimum(self.finite, torch.where(s == NO_BAD_STEP, s, moved), out=self.finite)
 
     def _diagnose(self, i: int, model_out) -> NonFiniteError:
         """Why step ``i`` (``"step"`` mode, its inputs finite) produced NaN or Inf: buffers still hold it."""
@@ -387,12 +412,11 @@ class Walk:
         """The sample (a view of the walk's buffer), after raising :class:`NonFiniteError` for the
         first bad step the ``"end"`` record holds (the one device-to-host copy of a walk)."""
         if self.finite is not None:
-            flags = self.finite.cpu()
-            bad = torch.nonzero(~flags.all(dim=1))
-            if len(bad):
-                i = int(bad[0])
+            word = int(self.finite.item())
+            if word != NO_BAD_STEP:
+                i, f = divmod(word, 2)
                 k = self.plan.models[i]
-                if k != EXTRAPOLATE and not bool(flags[i, 0]):
+                if k != EXTRAPOLATE and f == 0:
                     raise nonfinite_error(self.models[k], i, self.plan)
                 raise step_error(self.plan, self.models, i, self.expected.dtype)
         return self.state(self.plan.steps)

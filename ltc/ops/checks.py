@@ -8,7 +8,9 @@ One function per op of :data:`~ltc.ops.contract.OPS` -- :func:`model_step`,
 no memory shared by the outputs with each other or with the inputs but ``out`` being ``x`` or
 ``x_prev`` itself)
 and returns the arguments ready for a launch: read-only inputs contiguous (a copy only when they
-are not), ``reads`` an int, ``step`` an int in ``[0, N)`` or the 0-d integer tensor as given.
+are not; ``model_out`` may instead be batch-strided, :func:`batch_strided`), ``reads`` an int,
+``step`` an int in ``[0, N)`` or the 0-d integer tensor as given, ``finite`` (the model step's
+"first bad step" word, :mod:`ltc.ops.reference`) a 1-element int32/int64 tensor or None.
 Nothing is written before every check has passed.  A backend's own conventions are its
 :class:`Rules`: whether every state tensor must share x's storage dtype (the CUDA extension) or
 each may have its own (Triton), and which devices it runs on.  ``coefs`` is always in the
@@ -16,11 +18,13 @@ compute dtype of x's storage.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Callable, NamedTuple
 
 import torch
 
+from . import reference
 from .contract import FLOAT_DTYPES, NCOLS, compute_dtype
 
 COEF_DTYPES = (torch.float32, torch.float64)
@@ -45,6 +49,7 @@ class ModelStepArgs(NamedTuple):
     reads: int
     cfg: bool
     noise: torch.Tensor | None
+    finite: torch.Tensor | None
 
 
 class ExtrapolateStepArgs(NamedTuple):
@@ -65,7 +70,8 @@ class TransitionDotsArgs(NamedTuple):
 
 # ---------------------------------------------------------------- one op, one sequence
 
-def model_step(rules: Rules, x, model_out, hist, coefs, step, out, *, reads, cfg, noise) -> ModelStepArgs:
+def model_step(rules: Rules, x, model_out, hist, coefs, step, out, *, reads, cfg, noise,
+               finite=None) -> ModelStepArgs:
     """The checked arguments of :func:`ltc.ops.reference.model_step` for a backend with ``rules``."""
     tensor("x", x)
     tensor("model_out", model_out)
@@ -86,12 +92,19 @@ def model_step(rules: Rules, x, model_out, hist, coefs, step, out, *, reads, cfg
     writable("hist", hist)
     reads = reads_of(reads, hist.shape[0], MAX_READS["model_step"])
     step = step_of(step, coefs)
+    if finite is not None:
+        reference.check_word(finite, x)
     one_device(rules, x=x, model_out=model_out, hist=hist, coefs=coefs, out=out, noise=noise,
                step=step if isinstance(step, torch.Tensor) else None)
-    a = ModelStepArgs(readable(x), readable(model_out), hist, readable(coefs), step, out, reads, cfg,
-                      None if noise is None else readable(noise))
-    separate(a.out, a.hist, x=a.x, model_out=a.model_out, coefs=a.coefs, noise=a.noise,
-             step=step if isinstance(step, torch.Tensor) else None)
+    a = ModelStepArgs(readable(x), batch_strided(model_out), hist, readable(coefs), step, out, reads, cfg,
+                      None if noise is None else readable(noise), finite)
+    step_tensor = step if isinstance(step, torch.Tensor) else None
+    separate(a.out, a.hist, x=a.x, model_out=a.model_out, coefs=a.coefs, noise=a.noise, step=step_tensor,
+             finite=finite)
+    if finite is not None:
+        for name, t in dict(x=a.x, model_out=a.model_out, coefs=a.coefs, noise=a.noise, step=step_tensor).items():
+            if t is not None and overlap(finite, t):
+                raise ValueError(f"finite overlaps {name}; they must be separate memory")
     return a
 
 
@@ -192,6 +205,31 @@ def readable(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def sample_contiguous(t: torch.Tensor) -> bool:
+    """Whether each sample ``t[b]`` of ``t`` ``[B, *S]`` is one contiguous block (dims of size 1
+    may have any stride), whatever the batch stride."""
+    expected = 1
+    for size, stride in zip(reversed(t.shape[1:]), reversed(t.stride()[1:])):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def batch_strided(t: torch.Tensor) -> torch.Tensor:
+    """A read-only ``[B, *S]`` input the kernels read with its batch stride, ``t.stride(0)``: ``t``
+    itself when it is contiguous or each sample is a contiguous block (a DiT's ``out[:, :4]`` of a
+    contiguous ``[B, 8, H, W]``); any other layout is copied once (:func:`readable`)."""
+    return t if t.is_contiguous() or (t.dim() >= 1 and sample_contiguous(t)) else t.contiguous()
+
+
+def batch_stride(t: torch.Tensor) -> int:
+    """The elements between samples of a :func:`batch_strided` tensor (its sample size when
+    contiguous, or when it has at most one sample: the stride of a size-1 dim is arbitrary)."""
+    sample = math.prod(t.shape[1:])
+    return sample if t.shape[0] <= 1 or t.is_contiguous() else t.stride(0)
+
+
 def is_int(v) -> bool:
     """A Python or numpy integer, not a bool (``type is int`` first: the ABC check is slow)."""
     return type(v) is int or (not isinstance(v, bool) and isinstance(v, numbers.Integral))
@@ -225,12 +263,20 @@ def step_of(step, coefs: torch.Tensor) -> int | torch.Tensor:
     return int(step)
 
 
+def span(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes ``[start, end)`` spanned by ``t`` (non-negative strides; ``nbytes`` when contiguous)."""
+    start = t.data_ptr()
+    if t.is_contiguous():
+        return start, start + t.nbytes
+    return start, start + t.element_size() * (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())))
+
+
 def overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the bytes of two contiguous tensors (on one device) intersect."""
+    """Whether the byte spans of two tensors (on one device) intersect."""
     if a.numel() == 0 or b.numel() == 0:
         return False
-    a0, b0 = a.data_ptr(), b.data_ptr()
-    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
 
 
 def separate(out: torch.Tensor, hist: torch.Tensor, out_may_be=("x",), **inputs) -> None:

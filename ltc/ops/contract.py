@@ -4,9 +4,14 @@ the history ring, the storage dtypes and the arithmetic dtype.
 A backend (:mod:`ltc.ops.reference`, :mod:`ltc.kernels`, :mod:`ltc.ops.cuda`) is a module with
 one function per name in :data:`OPS`, each with the reference's signature and semantics::
 
-    model_step(x, model_out, hist, coefs, step, out, *, reads, cfg, noise)
+    model_step(x, model_out, hist, coefs, step, out, *, reads, cfg, noise, finite)
     extrapolate_step(x, x_prev, hist, coefs, step, out, *, reads)
     transition_dots(x, x_prev, x_target) -> [B, 2]
+
+(``finite``: the optional "first bad step" word, :mod:`ltc.ops.reference`.)  A backend may also
+offer ``unchecked``, a namespace with the same three functions minus the per-call argument checks,
+for callers whose buffers are valid by construction (the walk launches through it after its
+first, checked, call of each op).
 
 The plan's ``[N, NCOLS]`` table (columns :class:`Col`) holds, per step ``i``:
 

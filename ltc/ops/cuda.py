@@ -18,7 +18,8 @@ The functions have the signatures and semantics of :mod:`ltc.ops.reference` (the
 Conventions of this backend: all tensors on one CUDA device; one storage dtype (fp16, bf16, fp32
 or fp64) shared by ``x``, ``model_out``/``x_prev``/``x_target``, ``noise``, ``hist`` and ``out``;
 ``coefs`` in the compute dtype (float32, float64 for fp64 storage) -- exactly what
-:func:`ltc.executor.eager.run_eager` passes.  Read-only inputs that are not contiguous are copied once;
+:func:`ltc.executor.eager.run_eager` passes.  Read-only inputs that are not contiguous are copied once (``model_out`` is read in place
+with its batch stride when each sample is contiguous, e.g. a DiT's ``out[:, :4]``);
 ``out`` and ``hist`` are written in place and must be contiguous.  ``out`` may be ``x`` (or
 ``x_prev``) itself, but may not overlap any other argument.  ``step`` is an int in ``[0, N)``, or
 a 0-d integer tensor on the device, read inside the kernel (graph replay); a device index outside
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from types import SimpleNamespace
 
 import torch
 
@@ -106,16 +108,37 @@ def _step_args(step) -> tuple[torch.Tensor | None, int]:
 
 def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                step, out: torch.Tensor, *, reads: int, cfg: bool,
-               noise: torch.Tensor | None = None) -> None:
+               noise: torch.Tensor | None = None, finite: torch.Tensor | None = None) -> None:
     """One model step, fused (see the module docstring and :func:`ltc.ops.reference.model_step`):
 
         m = m_u + G (m_c - m_u);  D_i = PX x + PM m;
         out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z;  hist[i % H] = D_i
+
+    ``model_out`` contiguous or batch-strided (each sample contiguous: read in place); ``finite``
+    the first-bad-step word (``word <- min(word, 2 i + f)``, atomicMin) or None.
     """
-    a = checks.model_step(RULES, x, model_out, hist, coefs, step, out, reads=reads, cfg=cfg, noise=noise)
+    a = checks.model_step(RULES, x, model_out, hist, coefs, step, out, reads=reads, cfg=cfg, noise=noise,
+                          finite=finite)
     _require("model_step")
     torch.ops.ltc_cuda.model_step(a.x, a.model_out, a.hist, a.coefs, *_step_args(a.step), a.out, a.reads, a.cfg,
-                                  a.noise)
+                                  a.noise, a.finite)
+
+
+def _model_step_unchecked(x, model_out, hist, coefs, step, out, *, reads, cfg, noise=None, finite=None) -> None:
+    """:func:`model_step` without the Python checks (the binding's C++ checks still run): the
+    layouts of the read-only ``model_out`` (batch-strided or copied) and ``noise`` are settled."""
+    noise = None if noise is None else checks.readable(noise)
+    torch.ops.ltc_cuda.model_step(x, checks.batch_strided(model_out), hist, coefs, *_step_args(step), out, reads,
+                                  cfg, noise, finite)
+
+
+def _extrapolate_step_unchecked(x, x_prev, hist, coefs, step, out, *, reads) -> None:
+    torch.ops.ltc_cuda.extrapolate_step(checks.readable(x), checks.readable(x_prev), hist, coefs,
+                                        *_step_args(step), out, reads)
+
+
+def _transition_dots_unchecked(x, x_prev, x_target) -> torch.Tensor:
+    return torch.ops.ltc_cuda.transition_dots(checks.readable(x), checks.readable(x_prev), checks.readable(x_target))
 
 
 def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
@@ -137,4 +160,9 @@ def transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tenso
     return torch.ops.ltc_cuda.transition_dots(a.x, a.x_prev, a.x_target)
 
 
-__all__ = ["AVAILABLE", "UNAVAILABLE_REASON", *OPS]
+# The ops without the Python argument checks, for callers whose buffers are valid by construction
+# (ltc.executor.walk.Walk launches through them after its first, checked, call of each op).
+unchecked = SimpleNamespace(model_step=_model_step_unchecked, extrapolate_step=_extrapolate_step_unchecked,
+                            transition_dots=_transition_dots_unchecked)
+
+__all__ = ["AVAILABLE", "UNAVAILABLE_REASON", "unchecked", *OPS]

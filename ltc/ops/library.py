@@ -5,9 +5,10 @@
 Importing this module registers, in the ``ltc`` namespace (``(a!)``: written in place)::
 
     model_step(Tensor x, Tensor model_out, Tensor(a!) hist, Tensor coefs, Tensor? step_tensor, int step,
-               Tensor(b!) out, int reads, bool cfg, Tensor? noise, str? backend) -> ()
+               Tensor(b!) out, int reads, bool cfg, Tensor? noise, str? backend,
+               Tensor(c!)? finite=None) -> ()
     model_step_(Tensor(a!) x, Tensor model_out, Tensor(b!) hist, Tensor coefs, Tensor? step_tensor, int step,
-                int reads, bool cfg, Tensor? noise, str? backend) -> ()                          # out = x
+                int reads, bool cfg, Tensor? noise, str? backend, Tensor(c!)? finite=None) -> ()  # out = x
     extrapolate_step(Tensor x, Tensor x_prev, Tensor(a!) hist, Tensor coefs, Tensor? step_tensor, int step,
                      Tensor(b!) out, int reads, str? backend) -> ()
     extrapolate_step_(Tensor x, Tensor(a!) x_prev, Tensor(b!) hist, Tensor coefs, Tensor? step_tensor,
@@ -19,7 +20,8 @@ Each runs the op of the same name of the backend ``ltc.ops.resolve(backend, x.de
 at the call): the equations of :mod:`ltc.ops.contract`, e.g. for the model step
 ``out = A x + B0 D_i + B1 D_{i-1} + B2 D_{i-2} + B3 D_{i-3} + NOISE z`` and ``hist[i % H] = D_i``.
 The step is ``step_tensor`` (a 0-d integer tensor on the device, read in the kernel: graph replay)
-when given, else the int ``step``.  Shapes and dtypes are the backends' (``x: [B, *S]``,
+when given, else the int ``step``.  ``finite`` is the model step's "first bad step" word
+(:mod:`ltc.ops.reference`), declared written.  Shapes and dtypes are the backends' (``x: [B, *S]``,
 ``hist: [H, B, *S]``, ``coefs: [N, NCOLS]``, ...), checked by the backend before any write.
 
 Aliasing.  A schema says which arguments an operator writes, and functionalization (what
@@ -85,25 +87,33 @@ def _step(step_tensor: Optional[torch.Tensor], step: int):
     return step if step_tensor is None else step_tensor
 
 
-@torch.library.custom_op(f"{NAMESPACE}::model_step", mutates_args=("hist", "out"))
+def _written(finite: Optional[torch.Tensor], **outputs) -> dict:
+    """The written tensors of a model step: its outputs, and the word when given."""
+    return outputs if finite is None else {**outputs, "finite": finite}
+
+
+@torch.library.custom_op(f"{NAMESPACE}::model_step", mutates_args=("hist", "out", "finite"))
 def _model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                 step_tensor: Optional[torch.Tensor], step: int, out: torch.Tensor, reads: int, cfg: bool,
-                noise: Optional[torch.Tensor], backend: Optional[str]) -> None:
-    refuse_aliasing("model_step", {"out": out, "hist": hist},
+                noise: Optional[torch.Tensor], backend: Optional[str], finite: Optional[torch.Tensor] = None) -> None:
+    refuse_aliasing("model_step", _written(finite, out=out, hist=hist),
                     dict(x=x, model_out=model_out, coefs=coefs, step_tensor=step_tensor, noise=noise),
                     f" (for out = x call torch.ops.{NAMESPACE}.model_step_, which writes the result into x)")
     ops = resolve(backend, x.device)[1]
-    ops.model_step(x, model_out, hist, coefs, _step(step_tensor, step), out, reads=reads, cfg=cfg, noise=noise)
+    ops.model_step(x, model_out, hist, coefs, _step(step_tensor, step), out, reads=reads, cfg=cfg, noise=noise,
+                   finite=finite)
 
 
-@torch.library.custom_op(f"{NAMESPACE}::model_step_", mutates_args=("x", "hist"))
+@torch.library.custom_op(f"{NAMESPACE}::model_step_", mutates_args=("x", "hist", "finite"))
 def _model_step_in_place(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor,
                          step_tensor: Optional[torch.Tensor], step: int, reads: int, cfg: bool,
-                         noise: Optional[torch.Tensor], backend: Optional[str]) -> None:
-    refuse_aliasing("model_step_", {"x": x, "hist": hist},
+                         noise: Optional[torch.Tensor], backend: Optional[str],
+                         finite: Optional[torch.Tensor] = None) -> None:
+    refuse_aliasing("model_step_", _written(finite, x=x, hist=hist),
                     dict(model_out=model_out, coefs=coefs, step_tensor=step_tensor, noise=noise))
     ops = resolve(backend, x.device)[1]
-    ops.model_step(x, model_out, hist, coefs, _step(step_tensor, step), x, reads=reads, cfg=cfg, noise=noise)
+    ops.model_step(x, model_out, hist, coefs, _step(step_tensor, step), x, reads=reads, cfg=cfg, noise=noise,
+                   finite=finite)
 
 
 @torch.library.custom_op(f"{NAMESPACE}::extrapolate_step", mutates_args=("hist", "out"))
@@ -137,12 +147,12 @@ def _transition_dots(x: torch.Tensor, x_prev: torch.Tensor, x_target: torch.Tens
 # ---------------------------------------------------------------- fake kernels (no data read)
 
 @_model_step.register_fake
-def _(x, model_out, hist, coefs, step_tensor, step, out, reads, cfg, noise, backend) -> None:
+def _(x, model_out, hist, coefs, step_tensor, step, out, reads, cfg, noise, backend, finite=None) -> None:
     return None
 
 
 @_model_step_in_place.register_fake
-def _(x, model_out, hist, coefs, step_tensor, step, reads, cfg, noise, backend) -> None:
+def _(x, model_out, hist, coefs, step_tensor, step, reads, cfg, noise, backend, finite=None) -> None:
     return None
 
 
@@ -172,14 +182,15 @@ def _split(step) -> tuple[Optional[torch.Tensor], int]:
 
 def model_step(x: torch.Tensor, model_out: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor, step,
                out: torch.Tensor, *, reads: int, cfg: bool, noise: torch.Tensor | None = None,
-               backend: str | None = None) -> None:
+               finite: torch.Tensor | None = None, backend: str | None = None) -> None:
     """:func:`ltc.ops.reference.model_step` through ``torch.ops.ltc.model_step`` (``model_step_``
     when ``out`` is ``x``), on ``backend`` (None: ``LTC_BACKEND``, default auto)."""
     step_tensor, step = _split(step)
     if out is x:
-        torch.ops.ltc.model_step_(x, model_out, hist, coefs, step_tensor, step, reads, cfg, noise, backend)
+        torch.ops.ltc.model_step_(x, model_out, hist, coefs, step_tensor, step, reads, cfg, noise, backend, finite)
     else:
-        torch.ops.ltc.model_step(x, model_out, hist, coefs, step_tensor, step, out, reads, cfg, noise, backend)
+        torch.ops.ltc.model_step(x, model_out, hist, coefs, step_tensor, step, out, reads, cfg, noise, backend,
+                                 finite)
 
 
 def extrapolate_step(x: torch.Tensor, x_prev: torch.Tensor, hist: torch.Tensor, coefs: torch.Tensor, step,

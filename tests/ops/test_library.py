@@ -51,6 +51,10 @@ def test_opcheck_passes_for_every_operator(name, shape, dtype):
     opcheck(ltc.model_step.default, (x, m, hist, coefs, None, 4, out, 3, True, z, name))
     opcheck(ltc.model_step.default, (x, m[:shape[0]], hist, coefs, step, 0, out, 1, False, None, name))
     opcheck(ltc.model_step_.default, (x, m, hist, coefs, step, 0, 3, True, z, name))
+    word = torch.full((1,), 2 ** 31 - 1, dtype=torch.int32, device=device)
+    opcheck(ltc.model_step.default, (x, m, hist, coefs, None, 4, out, 3, True, z, name, word))
+    m[1] = float("nan")  # the word is written: 2 * 5 + 0
+    opcheck(ltc.model_step_.default, (x, m, hist, coefs, step, 0, 3, True, None, name, word))
     opcheck(ltc.extrapolate_step.default, (x, x_prev, hist, coefs, None, 3, out, 2, name))
     opcheck(ltc.extrapolate_step_.default, (x, x_prev, hist, coefs, step, 0, 1, name))
     opcheck(ltc.transition_dots.default, (x, x_prev, z, name))
@@ -59,7 +63,7 @@ def test_opcheck_passes_for_every_operator(name, shape, dtype):
 def test_every_operator_is_registered_with_its_writes_declared():
     written = {op: [a.name for a in getattr(torch.ops.ltc, op).default._schema.arguments
                     if a.alias_info is not None and a.alias_info.is_write] for op in library.OPERATORS}
-    assert written == {"model_step": ["hist", "out"], "model_step_": ["x", "hist"],
+    assert written == {"model_step": ["hist", "out", "finite"], "model_step_": ["x", "hist", "finite"],
                        "extrapolate_step": ["hist", "out"], "extrapolate_step_": ["x_prev", "hist"],
                        "transition_dots": []}
 
