@@ -317,3 +317,15 @@ def test_the_plan_runs_in_ltc_sample_the_stepper_and_the_graph_walk(vp_result):
     torch.testing.assert_close(graphed, eager, rtol=0, atol=0)
     plan = res.plan(["eps"])
     assert plan.nfe == res.nfe and plan.steps == res.grid.steps
+
+
+def test_every_judged_row_can_be_run_again_and_gives_its_judged_endpoints(vp_result):
+    res, orc, x, _ = vp_result
+    model = orc.as_prediction("eps")
+    rows = res.rows()
+    assert {r["kind"] for r in rows} >= {"plain", "grid"} and len(rows) == len(res.report["rows"])
+    chosen = next(r for r in rows if r["name"] == res.report["decision"]["chosen"])
+    assert np.array_equal(chosen["grid"].t, res.grid.t)
+    a = ltc.sample(model, res.schedule_of(chosen["grid"]), chosen["policy"], sampler=chosen["sampler"], steps=None,
+                   noise=x[:4], progress=False)
+    torch.testing.assert_close(a, res.sample(model, noise=x[:4], progress=False), rtol=0, atol=0)

@@ -122,8 +122,7 @@ class OptimizedPlan:
     @property
     def schedule(self) -> Schedule:
         """An explicit schedule of the plan's grid (model times mean what they meant in the source schedule)."""
-        g = self.grid
-        return Schedule.explicit(g.t, g.alpha, g.sigma, family=g.family, alphas_cumprod=self.alphas_cumprod)
+        return self.schedule_of(self.grid)
 
     def sampler(self) -> Sampler:
         return sampler_from_config(self.sampler_config)
@@ -139,6 +138,27 @@ class OptimizedPlan:
     def fingerprint(self) -> str:
         """sha256 of the grid, the sampler and the policy (what sampling with the plan depends on)."""
         return fingerprint_of("ltc-optimized-plan", self.grid.digest(), self.sampler_config, self.policy.config())
+
+    def rows(self) -> list[dict]:
+        """Every judged plan of the search (the plain rows and the candidates, as in ``report["rows"]``):
+        ``name``, ``kind``, ``mean`` distance to the judge, ``verdict`` (candidates), and ``grid``,
+        ``sampler``, ``policy`` to run it (e.g. to measure it otherwise)."""
+        verdicts = {v["name"]: v["verdict"] for v in self.report.get("candidates", [])}
+        out = []
+        for r in self.report["rows"]:
+            spec = r["spec"]
+            p = spec["points"]
+            grid = Grid(*(np.array([float.fromhex(v) for v in p[k]]) for k in ("t", "alpha", "sigma")), p["family"])
+            policy = Full() if not spec["skip"] else LTC(skip=spec["skip"], weights=spec["weights"], state=self.state,
+                                                          progress=self.progress)
+            out.append({"name": r["name"], "kind": r["kind"], "mean": r["mean"], "verdict": verdicts.get(r["name"]),
+                        "grid": grid, "sampler": sampler_from_config(spec["sampler"]), "policy": policy})
+        return out
+
+    def schedule_of(self, grid: Grid) -> Schedule:
+        """An explicit schedule of ``grid`` on this plan's source (its vp training table, if any)."""
+        return Schedule.explicit(grid.t, grid.alpha, grid.sigma, family=grid.family,
+                                 alphas_cumprod=self.alphas_cumprod)
 
     def plan(self, predictions, guidance_scale=None):
         """The compiled :class:`ltc.Plan` for models with ``predictions``."""

@@ -386,13 +386,15 @@ class _Search:
         for e in self.screening[:plain_rows]:
             name = f"{e['sampler'].config()['name']}, {e['kind']} grid"
             plain.append(row(name, "plain", self.nfe, runner.run_plan(e["plan"]), ends, J,
-                             {"sampler": e["sampler"].config(), "grid": e["kind"], "fit_mean": e["fit_mean"]}))
+                             {"sampler": e["sampler"].config(), "grid": e["kind"], "fit_mean": e["fit_mean"],
+                              "points": _points(e["grid"]), "skip": [], "weights": []}))
         floor = [float(v) for v in rounding_floor(J, self.ladder[0].steps, self.session.held_out.dtype)]
         rows, verdicts = list(plain), []
         best_plain = min(range(len(plain)), key=lambda k: plain[k]["mean"])
         for c in candidates:
             r = row(c["name"], c["kind"], c["plan"].nfe, runner.run_plan(c["plan"]), ends, J,
-                    {"sampler": c["sampler"].config(), "skip": c["skip"], "weights": c["weights"]})
+                    {"sampler": c["sampler"].config(), "skip": c["skip"], "weights": c["weights"],
+                     "points": _points(c["grid"])})
             rows.append(r)
             v = {"name": c["name"], "kind": c["kind"], "mean": r["mean"], **compare(r, plain, floor)}
             if v["accepted"] and r["mean"] > (1 - self.min_gain) * plain[best_plain]["mean"]:
@@ -454,6 +456,11 @@ class _Search:
                 "plain_nfe_needed": m if reached else None,
                 "samples": evals / (m - self.nfe) if reached else None,
                 "samples_at_most": evals / (m - self.nfe) if (m and not reached) else None}
+
+
+def _points(grid) -> dict:
+    """A grid as JSON (exact: hex floats), for the report's rows."""
+    return {"family": grid.family, **{k: [float(v).hex() for v in getattr(grid, k)] for k in ("t", "alpha", "sigma")}}
 
 
 def _verdict_fields(v: dict) -> dict:
