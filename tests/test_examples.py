@@ -21,6 +21,7 @@ SCRIPTS = {  # script -> the arguments the test passes, and a module it needs
     "tstitch_two_models.py": ([], None),
     "distributed_generate.py": (["samples"], None),
     "diffusers_pipeline_one_line.py": ([], "diffusers"),
+    "optimize_plan.py": (["."], None),
 }
 
 
@@ -52,5 +53,7 @@ def test_example_runs(script, as_a_script, monkeypatch, capsys):
     assert out.strip(), f"{script} printed nothing"
     if script == "calibrate_save_load.py":
         assert (as_a_script / "ltc_flow3_euler_20.safetensors").is_file()
+    if script == "optimize_plan.py":
+        assert (as_a_script / "vp_dpm_nfe6.safetensors").is_file() and "(this plan)" in out
     if script == "distributed_generate.py":
         assert (as_a_script / "samples" / "manifest.json").is_file() and "(20, 1, 16, 16)" in out
