@@ -250,6 +250,7 @@ def test_integer_times_feed_the_model_only_integer_times():
     t = torch.cat(seen)
     assert torch.equal(t, t.round()) and res.times == "integer"
     assert np.array_equal(res.grid.t[1:-1], np.round(res.grid.t[1:-1]))
+    assert "integer model times" in res.summary()
 
 
 def test_the_caller_noise_is_not_modified(vp_result):
@@ -329,3 +330,25 @@ def test_every_judged_row_can_be_run_again_and_gives_its_judged_endpoints(vp_res
     a = ltc.sample(model, res.schedule_of(chosen["grid"]), chosen["policy"], sampler=chosen["sampler"], steps=None,
                    noise=x[:4], progress=False)
     torch.testing.assert_close(a, res.sample(model, noise=x[:4], progress=False), rtol=0, atol=0)
+
+
+def test_guidance_and_per_sample_conditioning_follow_their_noises():
+    schedule = SCHEDULES["vp-trailing"]()
+    inner = oracle(schedule).as_prediction("eps")
+    seen = []
+
+    def guided(x, t, y):
+        assert y.shape[0] == x.shape[0]  # 2B rows under guidance, the split's rows of the caller's 2B
+        seen.append(tuple(y.tolist()))  # values, not tensors: the plan fingerprints the tensors a model reads
+        return inner.fn(x, t) * (1 + 0.01 * y[:, None])
+
+    model = ltc.Model(guided, "eps", name="guided")
+    x = noises(16)
+    y = torch.cat([torch.zeros(16), torch.arange(16.0)]).double()  # unconditional half first
+    res = ltc.optimize(model, schedule, nfe=4, noise=x, model_kwargs={"y": y}, guidance_scale=1.5, verbose=False)
+    assert res.fitted_on["guidance_scale"] == 1.5
+    judged = {v[len(v) // 2:] for v in seen if len(v) == 16}
+    assert tuple(range(8, 16)) in judged and tuple(range(8)) in judged  # fit rows 0..7, judged rows 8..15
+    out = res.sample(model, noise=x[:4], model_kwargs={"y": torch.cat([y[:4], y[16:20]])}, guidance_scale=1.5,
+                     progress=False)
+    assert out.shape == (4, 16) and torch.isfinite(out).all()

@@ -77,21 +77,29 @@ class Objective:
     def loss(self, p, r) -> float:
         return float((r ** 2).sum()) + self.ridge * float(((np.asarray(p) - self.p0) ** 2).sum())
 
+    def start(self):
+        """Evaluate ``p0`` and fix the data term's scale 1 / sqrt(E_0): ``(scaled residual, states)``,
+        or None when ``p0`` matches the teacher exactly (E_0 = 0)."""
+        loss, r, states = self.evaluate(self.p0)
+        if not np.isfinite(loss):
+            raise ValueError("the starting plan is invalid, does not give a finite endpoint, or does not fit in the "
+                             "model calls left")
+        E0 = float((r ** 2).sum())
+        if E0 == 0.0:
+            return None
+        self.scale = 1.0 / np.sqrt(E0)
+        return r * self.scale, states
+
 
 def levenberg_marquardt(objective: Objective, starts, *, max_iter: int = 4, fd_step: float = 1e-2,
                         min_decrease: float = 1e-4, damping: float = 1e-2, max_tries: int = 4) -> tuple:
     """Minimise the objective from its ``p0``; ``starts[j]``: the first step parameter j changes.
     Returns ``(p, loss, info)`` (``info``: iterations, loss history, accepted steps, why it stopped)."""
     p = objective.p0.copy()
-    E0_loss, r, states = objective.evaluate(p)
-    if not np.isfinite(E0_loss):
-        raise ValueError("the starting plan is invalid, does not give a finite endpoint, or does not fit in the "
-                         "model calls left")
-    E0 = float((r ** 2).sum())
-    if E0 == 0.0:
+    started = objective.start()
+    if started is None:
         return p, 0.0, {"iterations": 0, "loss": [0.0], "accepted_steps": 0, "stopped": "exact"}
-    objective.scale = 1.0 / np.sqrt(E0)
-    r = r * objective.scale
+    r, states = started
     L, mu, history, accepted, stopped = 1.0, damping, [1.0], 0, "max_iter"
     for _ in range(max_iter):
         plan = objective.plan(p)
@@ -135,15 +143,11 @@ def pattern_search(objective: Objective, space, *, max_rounds: int = 8) -> tuple
     """Integer interior times (``objective.p0``, ``[N-1]``) by the pattern search of the module
     docstring.  Returns ``(times, loss, info)``."""
     t = objective.p0.copy()
-    L, r, states = objective.evaluate(t)
-    if not np.isfinite(L):
-        raise ValueError("the starting plan is invalid, does not give a finite endpoint, or does not fit in the "
-                         "model calls left")
-    E0 = float((r ** 2).sum())
-    if E0 == 0.0:
+    started = objective.start()
+    if started is None:
         return t, 0.0, {"rounds": 0, "loss": [0.0], "moves": 0, "stopped": "exact"}
-    objective.scale = 1.0 / np.sqrt(E0)
-    L = objective.loss(t, r * objective.scale)
+    states = started[1]
+    L = 1.0
     full = np.concatenate([[space.t0], t])
     d = max(1, int(np.median(np.abs(np.diff(full))) // 4))
     history, moves, stopped, rounds = [L], 0, "converged", 0

@@ -180,7 +180,9 @@ class OptimizedPlan:
         rep, d = self.report, self.report["decision"]
         lines = [f"ltc.optimize at nfe={self.nfe}: {'ACCEPTED' if self.accepted else 'REFUSED'} -> {d['chosen']}",
                  f"  judged on {self.validation.get('judged_noises', '?')} held-out noises by {rep['judge']} "
-                 f"(ladder {rep['ladder']}); fitted on {self.validation.get('fit_noises', '?')}"]
+                 f"(ladder {rep['ladder']}); fitted on {self.validation.get('fit_noises', '?')}"
+                 + ("; integer model times (times='integer': a pattern search over the integer grid)"
+                    if self.times == "integer" else "; fractional model times")]
         lines.append(f"  {'plan':<78}{'NFE':>5}{'mean dist. to judge':>21}  verdict")
         verdicts = {v["name"]: v for v in rep.get("candidates", [])}
         for r in rep["rows"]:

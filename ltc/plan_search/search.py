@@ -22,13 +22,16 @@ Procedure (every model call counted; ``max_calls`` bounds the search, the judge 
    its LTC weights alone on the hand grid ("LTC on a hand grid"), then grid and weights together.
    Continuous times: Levenberg-Marquardt; ``times="integer"`` (models that take only integer
    time steps): a pattern search over integer times, then the LTC weights with the grid fixed.
+   The calls ``max_calls`` leaves after the fixed cost (teacher, screening, coherence run, judge and
+   its rows) are shared in :data:`SHARES` (a grid 1, LTC weights on a hand grid 1/4, grid + LTC 3/2);
+   what one search leaves passes to the next.
 5. **Judge** (judged noises): the ``plain_rows`` best hand plans of the screening are the plain
    rows; each candidate must beat *every* one of them by the refusal rule
    (:func:`ltc.calibration.report.compare`: the paired margin net of the ladder's error bound,
    one-sided 95% bootstrap bound > 0, at least 8 judged noises) and be ``min_gain`` (2%) closer to
-   the judge than the best of them -- a significant but negligible gain is a tie.  The accepted candidate closest
-   to the judge is returned; when none is, the best plain row is -- the search never ships a plan
-   that loses to the best hand-designed one.
+   the judge than the best of them -- a significant but negligible gain is a tie.  The accepted
+   candidate closest to the judge is returned; when none is, the best plain row is -- the search
+   never ships a plan that loses to the best hand-designed one it judged.
 6. **Cost and break-even**: calls and wall time; with ``break_even``, the best plain plan is run
    at more steps (on the judged noises, counted apart) until it is as close to the judge as the
    chosen plan: the optimisation's sample evaluations (calls x batch) divided by the calls saved per
