@@ -253,7 +253,20 @@ def step_kernels() -> str:
         op = data.get("op") or st.get("op") or "model_step"
         blocks += ["", f"`{op}`, one {st.get('sampler')} step, guidance {st.get('guidance_scale')}, bytes moved: "
                    f"{st.get('bytes_moved')}; copy peak {data['copy_peak']['gbps']:.2f} GB/s in the same run. "
-                   f"{data.get('label', '').rstrip('.')}.", "", *out, "", source(path.name, data)]
+                   f"{data.get('label', '').rstrip('.')}.", "", *out]
+        if data.get("executor_bytes"):
+            blocks += ["", "Bytes of one whole guided executor step (`Walk.advance`, `check_finite=\"end\"`) against the "
+                       "fused kernel's minimum (goal <= 1.1x):", "",
+                       "| backend | dtype | shape | aligned | fused minimum (B) | contiguous output | batch-strided output |",
+                       "|---|---|---|---|---|---|---|"]
+            for e in data["executor_bytes"]:
+                if "contiguous" not in e:
+                    continue
+                cells = [f"{e[k]['step_bytes']} B ({e[k]['ratio_to_fused_minimum']:.2f}x)" for k in
+                         ("contiguous", "batch_strided")]
+                blocks.append(f"| {e['backend']} | {e['dtype']} | {'x'.join(map(str, e['shape']))} | {e['aligned']} | "
+                              f"{e['fused_minimum_bytes']} | {cells[0]} | {cells[1]} |")
+        blocks += ["", source(path.name, data)]
     return "\n".join(blocks)
 
 

@@ -17,7 +17,7 @@ timed call a 256 MiB buffer is written to flush L2; each call is timed alone (CU
 back-to-back wall time per call (host overhead included, what an eager loop sees at small sizes)
 and, on CUDA, the time per step of steps replayed from a CUDA graph (launch overhead removed).
 
-    python bench/step_ops.py                  # CPU: small sizes, eager reference only, model_step
+    python bench/step_ops.py                  # CPU: small sizes, eager reference only, model_step (+ executor bytes)
     python bench/step_ops.py --device cuda    # 64K..64M elements, fp32 + bf16, all three implementations
     python bench/step_ops.py --device cuda --op extrapolate_step   # or transition_dots
     python bench/step_ops.py --device cuda --configs 2048x8 4096x8   # + other fused launch sizes (model_step)
@@ -43,13 +43,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+if "cuda" not in sys.argv:  # a CPU run counts the Triton executor's bytes in Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
