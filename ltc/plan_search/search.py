@@ -102,7 +102,7 @@ def _check_arguments(nfe, max_calls, optimize_top, plain_rows, ltc_skips, times,
     for name, v in (("optimize_top", optimize_top), ("plain_rows", plain_rows), ("max_iter", max_iter)):
         if not _is_int(v) or v < (0 if name == "max_iter" else 1):
             raise ValueError(f"{name} must be an int >= {0 if name == 'max_iter' else 1}, got {v!r}")
-    if ltc_skips is not None and (not _is_int(ltc_skips) or not 1 <= ltc_skips <= (nfe - 2) // 1):
+    if ltc_skips is not None and (not _is_int(ltc_skips) or not 1 <= ltc_skips <= nfe - 2):
         raise ValueError(f"ltc_skips must be None or an int in [1, {nfe - 2}] (extrapolated steps), got {ltc_skips!r}")
     if times not in TIMES:
         raise ValueError(f"times must be one of {TIMES}, got {times!r}")
@@ -282,8 +282,9 @@ class _Search:
             out += self._ltc_candidates(order[0], K, budget, jobs)
         return [c for c in out if c is not None]
 
-    def _fit_grid(self, space: GridSpace, start_grid, build_from_grid, budget: Budget, extra=None):
-        """Optimise the interior points (and ``extra``: initial LTC weights, fitted jointly) from ``start_grid``."""
+    def _fit_grid(self, space: GridSpace, start_grid, build_from_grid, budget: Budget, extra=None, skip=()):
+        """Optimise the interior points (and ``extra``: initial LTC weights of the extrapolated steps ``skip``,
+        fitted jointly) from ``start_grid``."""
         extra = np.zeros(0) if extra is None else np.asarray(extra, np.float64)
         if self.times == "integer":  # the grid by pattern search, then the weights (a third of the calls) by LM
             times0 = start_grid.t[1:-1].copy()
@@ -297,7 +298,7 @@ class _Search:
             if len(extra):
                 obj = self._objective(lambda w: build_from_grid(grid, w), extra, budget)
                 try:
-                    w, loss, info_w = levenberg_marquardt(obj, self._skip_starts, max_iter=self.max_iter,
+                    w, loss, info_w = levenberg_marquardt(obj, list(skip), max_iter=self.max_iter,
                                                           fd_step=self.fd_step)
                 except ValueError as err:
                     w, info_w = extra, {"skipped": str(err)}
@@ -307,7 +308,7 @@ class _Search:
         m = len(theta0)
         obj = self._objective(lambda p: build_from_grid(space.grid(p[:m]), p[m:]),
                               np.concatenate([theta0, extra]), budget)
-        starts = list(range(m)) + list(self._skip_starts if len(extra) else [])
+        starts = list(range(m)) + list(skip)  # theta_k first changes step k; w_k its extrapolated step
         p, loss, info = levenberg_marquardt(obj, starts, max_iter=self.max_iter, fd_step=self.fd_step)
         return space.grid(p[:m]), p[m:], loss, info
 
@@ -324,8 +325,8 @@ class _Search:
                 "sampler": smp, "grid": grid, "skip": [], "weights": [], "fit": info,
                 "calls": before - budget.left, "plan": self.session.compile(grid, smp, Full())}
 
-    def _ltc_policy(self, w) -> LTC:
-        return LTC(skip=self._skip, weights=[float(v) for v in w], state=self.state, progress=self.progress)
+    def _ltc_policy(self, skip, w) -> LTC:
+        return LTC(skip=list(skip), weights=[float(v) for v in w], state=self.state, progress=self.progress)
 
     def _ltc_candidates(self, smp: Sampler, K: int, budget: Budget, jobs: list[str]) -> list[dict]:
         """LTC on a hand grid of ``nfe + K`` steps (weights only), then grid and weights together."""
@@ -342,19 +343,18 @@ class _Search:
             self.notes.append(f"LTC skipped: no {K} extrapolated steps fit {N} steps with state {self.state!r}")
             return []
         _, start, end, every = ranked[0]
-        self._skip = LTC(interval=(start, end), every=every, state=self.state).extrapolated_steps(N)
-        self._skip_starts = list(self._skip)
+        skip = LTC(interval=(start, end), every=every, state=self.state).extrapolated_steps(N)
         name = smp.config()["name"]
 
         def build(g, w):
-            return self.session.compile(g, smp, self._ltc_policy(w))
+            return self.session.compile(g, smp, self._ltc_policy(skip, w))
 
         out = []
         part = self._share(budget, jobs)
         given = part.left
         obj = self._objective(lambda w: build(grid0, w), np.ones(K), part)
         try:
-            w_hand, _, info = levenberg_marquardt(obj, self._skip_starts, max_iter=self.max_iter,
+            w_hand, _, info = levenberg_marquardt(obj, skip, max_iter=self.max_iter,
                                                   fd_step=self.fd_step)
         except ValueError as err:
             self.notes.append(f"LTC skipped ({err})")
@@ -362,20 +362,20 @@ class _Search:
         finally:
             self._spend(budget, part, given)
         jobs.pop(0)
-        out.append({"name": f"{name} + LTC on a hand grid ({kind}, {N} steps, skip {self._skip})", "kind": "ltc_hand",
-                    "sampler": smp, "grid": grid0, "skip": list(self._skip), "weights": [float(v) for v in w_hand],
+        out.append({"name": f"{name} + LTC on a hand grid ({kind}, {N} steps, skip {skip})", "kind": "ltc_hand",
+                    "sampler": smp, "grid": grid0, "skip": list(skip), "weights": [float(v) for v in w_hand],
                     "fit": info, "calls": given - part.left, "plan": build(grid0, w_hand)})
         part = self._share(budget, jobs)
         given = part.left
         try:
-            grid, w, _, info = self._fit_grid(space, grid0, build, part, extra=w_hand)
+            grid, w, _, info = self._fit_grid(space, grid0, build, part, extra=w_hand, skip=skip)
         except ValueError as err:
             self.notes.append(f"LTC grid search skipped ({err})")
             return out
         finally:
             self._spend(budget, part, given)
-        out.append({"name": f"{name} + LTC, optimised grid ({N} steps, skip {self._skip})", "kind": "ltc_grid",
-                    "sampler": smp, "grid": grid, "skip": list(self._skip), "weights": [float(v) for v in w],
+        out.append({"name": f"{name} + LTC, optimised grid ({N} steps, skip {skip})", "kind": "ltc_grid",
+                    "sampler": smp, "grid": grid, "skip": list(skip), "weights": [float(v) for v in w],
                     "fit": info, "calls": given - part.left, "plan": build(grid, w)})
         return out
 
@@ -422,7 +422,7 @@ class _Search:
             chosen = (e["sampler"], e["grid"], [], [], "plain", {})
         report["decision"] = decision
         smp, grid, skip, weights, kind, fit = chosen
-        plan_for_record = self.session.compile(grid, smp, self._ltc_policy(weights) if skip else Full())
+        plan_for_record = self.session.compile(grid, smp, self._ltc_policy(skip, weights) if skip else Full())
         cost = {"fit_calls": self.session.runners["calibration"].calls + self.fit_runs.calls,
                 "judge_calls": runner.calls,
                 "candidates": {c["name"]: c["calls"] for c in candidates}}
