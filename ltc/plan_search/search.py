@@ -62,7 +62,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SAMPLERS = ("dpmpp_2m", "dpmpp_3m", "unipc")
 CALLS_PER_NFE = 100  # default max_calls = 100 nfe
-JUDGE_STEPS = (8, 8, 4)  # ladder J, J', T in multiples of nfe
 SHARES = {"grid": 1.0, "ltc_hand": 0.25, "ltc_grid": 1.5}  # how the optimisation budget is split
 
 
@@ -160,8 +159,8 @@ def optimize(model_fns, schedule, *, nfe: int, samplers=DEFAULT_SAMPLERS, ltc: b
     fixed = search.fixed_calls(plain_rows, optimize_top, K)
     if fixed > max_calls:
         raise ValueError(f"max_calls={max_calls} is below the search's fixed cost of {fixed} model calls at nfe={nfe} "
-                         f"(teacher {4 * nfe}, screening {len(search.screen_plans) * nfe}, judge "
-                         f"{sum(JUDGE_STEPS) * nfe}, judged rows); raise max_calls or use fewer samplers")
+                         f"(teacher {search.teacher.nfe}, screening {len(search.screen_plans) * nfe}, judge "
+                         f"{sum(p.nfe for p in search.ladder)}, judged rows); raise max_calls or use fewer samplers")
     budget = Budget(max_calls - fixed)
     search.screen()
     candidates = search.candidates(optimize_top, K, budget)
@@ -242,7 +241,8 @@ class _Search:
         """Calls outside the optimisers: teacher, screening, LTC coherence run, the judge and its rows."""
         n = self.nfe
         rows = min(plain_rows, len(self.screen_plans)) + min(optimize_top, len(self.samplers)) + (2 if K else 0)
-        return 4 * n + len(self.screen_plans) * n + (n + K if K else 0) + sum(JUDGE_STEPS) * n + rows * n
+        return self.teacher.nfe + len(self.screen_plans) * n + (n + K if K else 0) + \
+            sum(p.nfe for p in self.ladder[:2]) + self.teacher.nfe + rows * n
 
     # -- fit noises ------------------------------------------------------------------------------
     def screen(self) -> None:
