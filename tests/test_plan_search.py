@@ -352,3 +352,19 @@ def test_guidance_and_per_sample_conditioning_follow_their_noises():
     out = res.sample(model, noise=x[:4], model_kwargs={"y": torch.cat([y[:4], y[16:20]])}, guidance_scale=1.5,
                      progress=False)
     assert out.shape == (4, 16) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name, prediction, times", [("flow-shift3", "flow", "continuous"),
+                                                     ("logsnr-zero", "eps", "continuous"),
+                                                     ("vp-leading-last", "eps", "integer")])
+def test_plans_of_every_schedule_kind_round_trip_through_the_file(name, prediction, times, tmp_path):
+    schedule = SCHEDULES[name]()
+    model = oracle(schedule).as_prediction(prediction)
+    x = noises(16)
+    res = ltc.optimize(model, schedule, nfe=4, noise=x, times=times, verbose=False, break_even=False)
+    path = tmp_path / "plan.safetensors"
+    res.save(path)
+    back = OptimizedPlan.load(path)
+    assert back.fingerprint == res.fingerprint and back.times == times
+    torch.testing.assert_close(back.sample(model, noise=x[:3], progress=False),
+                               res.sample(model, noise=x[:3], progress=False), rtol=0, atol=0)
