@@ -15,12 +15,12 @@ its best plain row).  ``ratio``: best hand / shipped (> 1: the search gained); `
 same for the median per-sample distance (the mean of a sharp mixture, gmm16, is dominated by the few
 noises that land in another mode than the exact flow's).
 
-Zoo (``--zoo``): ``unet_small`` (guidance 2, labels cycling 0..9) at NFE 4, 6, 8, 10, 16: the same
+Zoo (``--zoo``; ``--zoo-models``, default ``unet_small``): guidance 2, labels cycling 0..9, NFE 4, 6, 8, 10, 16: the same
 search on 64 noises, then 500 samples of each row and their Frechet distance to the held-out digits
 with 95% bootstrap intervals (:mod:`ltc.zoo.distance`), and the difference to the best hand plan.
 
     python bench/plan_search.py            # oracles: writes bench/results/plan_search.json (~5 min, 1 thread)
-    python bench/plan_search.py --zoo      # adds the zoo rows to the results file (~15 min)
+    python bench/plan_search.py --zoo --zoo-models unet_small unet_large   # adds the zoo rows (~30 min)
     python bench/plan_search.py --quick    # small smoke run, prints only
 """
 from __future__ import annotations
@@ -185,6 +185,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--zoo", action="store_true", help="add the zoo rows (the oracle rows are kept from the file)")
+    p.add_argument("--zoo-models", nargs="+", default=["unet_small"], help="zoo models (others' rows are kept)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--samples", type=int, default=500)
     p.add_argument("--resamples", type=int, default=200)
@@ -196,12 +197,15 @@ def main(argv=None) -> dict:
         return {"cases": cases}
     if args.zoo:
         result = json.loads(RESULT.read_text())
-        result["zoo"] = [zoo_case(n, args.samples, args.resamples) for n in ZOO_NFES]
-        for c in result["zoo"]:
-            print(c["nfe"], c["shipped"], {k: v["fd"] for k, v in c["rows"].items()})
-        result["zoo_settings"] = {"model": "unet_small", "guidance_scale": 2.0, "samples": args.samples,
-                                  "resamples": args.resamples, "nfe": list(ZOO_NFES), "search_noises": 64,
-                                  "command": "python bench/plan_search.py --zoo"}
+        kept = [c for c in result.get("zoo", []) if c["model"] not in args.zoo_models]
+        new = [zoo_case(n, args.samples, args.resamples, m) for m in args.zoo_models for n in ZOO_NFES]
+        for c in new:
+            print(c["model"], c["nfe"], c["shipped"], {k: v["fd"] for k, v in c["rows"].items()})
+        result["zoo"] = kept + new
+        result["zoo_settings"] = {"models": sorted({c["model"] for c in result["zoo"]}), "guidance_scale": 2.0,
+                                  "samples": args.samples, "resamples": args.resamples, "nfe": list(ZOO_NFES),
+                                  "search_noises": 64,
+                                  "command": "python bench/plan_search.py --zoo --zoo-models unet_small unet_large"}
     else:
         cases = []
         for oname in ORACLES:

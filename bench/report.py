@@ -309,15 +309,16 @@ def plan_search() -> str:
         def ci(i, signed=False):
             f = "{:+.3f}" if signed else "{:.3f}"
             return f"{f.format(i['value'])} [{f.format(i['low'])}, {f.format(i['high'])}]"
-        rows = ["| NFE | row | plan | judge verdict | shipped | FD to held-out [95%] | minus best hand [95%] |",
-                "|---|---|---|---|---|---|---|"]
+        rows = ["| model | NFE | row | plan | judge verdict | shipped | FD to held-out [95%] | minus best hand [95%] |",
+                "|---|---|---|---|---|---|---|---|"]
         for c in data["zoo"]:
             for label, r in c["rows"].items():
                 diff = ci(r["fd_minus_best_hand"], True) if "fd_minus_best_hand" in r else "(reference)"
                 shipped = "yes" if r["name"] == c["shipped"] else ""
-                rows.append(f"| {c['nfe']} | {label} | {r['name']} | {r['verdict'] or '-'} | {shipped} | {ci(r['fd'])} | "
-                            f"{diff} |")
-        blocks += ["", f"Zoo: `{z['model']}`, guidance {z['guidance_scale']}, search on {z['search_noises']} noises, "
+                rows.append(f"| {c['model']} | {c['nfe']} | {label} | {r['name']} | {r['verdict'] or '-'} | {shipped} | "
+                            f"{ci(r['fd'])} | {diff} |")
+        models = ", ".join(f"`{m}`" for m in z.get("models", [z.get("model")]))
+        blocks += ["", f"Zoo: {models}, guidance {z['guidance_scale']}, search on {z['search_noises']} noises, "
                    f"{z['samples']} samples per row (labels cycling 0..9), Frechet distance to the held-out digits "
                    f"with 95% bootstrap intervals ({z['resamples']} resamples, `ltc/zoo/distance.py`).", "", *rows]
     return "\n".join(blocks)
