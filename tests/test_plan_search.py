@@ -368,3 +368,23 @@ def test_plans_of_every_schedule_kind_round_trip_through_the_file(name, predicti
     assert back.fingerprint == res.fingerprint and back.times == times
     torch.testing.assert_close(back.sample(model, noise=x[:3], progress=False),
                                res.sample(model, noise=x[:3], progress=False), rtol=0, atol=0)
+
+
+def test_a_hand_made_plan_is_checked_where_it_is_built(vp_result):
+    res = vp_result[0]
+    fields = {f: getattr(res, f) for f in res.__dataclass_fields__}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        OptimizedPlan(**{**fields, "kind": "best"})
+    with pytest.raises(ValueError, match="one entry per extrapolated step"):
+        OptimizedPlan(**{**fields, "skip": [3], "weights": [1.0, 2.0]})
+
+
+def test_given_held_out_noises_are_the_judged_ones():
+    schedule = SCHEDULES["vp-trailing"]()
+    res = ltc.optimize(oracle(schedule).as_prediction("eps"), schedule, nfe=4, noise=noises(12),
+                       held_out=noises(10, seed=5), verbose=False, break_even=False)
+    assert res.validation == {"held_out": "given", "fit_noises": 12, "judged_noises": 10}
+    assert all(len(r["d"]) == 10 for r in res.report["rows"])
+    with pytest.raises(ValueError, match="held_out must have the per-sample shape"):
+        ltc.optimize(oracle(schedule).as_prediction("eps"), schedule, nfe=4, noise=noises(12),
+                     held_out=torch.zeros(4, 3, dtype=torch.float64), verbose=False)
