@@ -37,6 +37,9 @@ import torch
 
 import ltc
 from ltc import zoo
+from ltc.plan_search.result import sampler_from_config
+from ltc.plan_search.space import GridSpace, hand_grids
+from ltc.samplers import DPMSolverPP
 from ltc.zoo import distance as D
 from ltc.zoo.oracles import GaussianMixture, exact_endpoint
 
@@ -68,8 +71,6 @@ def least_noisy_lambda(schedule, nfe: int) -> float:
     """log-SNR of the least noisy model time a grid of the search can reach (the vp training step 0; 12 where
     sigma -> 0 is a model time, flow): a sampler's last step to sigma = 0 returns the model's clean estimate
     there, so the exact endpoint of its problem is the ODE solved to that lambda, then the clean estimate."""
-    from ltc.plan_search.space import GridSpace
-    from ltc.samplers import DPMSolverPP
     space = GridSpace(schedule, DPMSolverPP(2).grid(schedule, nfe), nfe)
     alpha, sigma = (float(v) for v in schedule.noise_at(torch.tensor([space.t_lo], dtype=torch.float64)))
     return float(np.log(alpha / sigma)) if sigma > 0 else 12.0
@@ -77,12 +78,10 @@ def least_noisy_lambda(schedule, nfe: int) -> float:
 
 def hand_rows(res, schedule) -> list[dict]:
     """Every hand grid of every sampler the search screened (not only the judged ones), as runnable rows."""
-    from ltc.plan_search.space import GridSpace, hand_grids
-    from ltc.samplers import DPMSolverPP, get_sampler
     anchor = DPMSolverPP(2).grid(schedule, res.nfe)
     out = []
     for e in res.report["screening"]:
-        smp = get_sampler(e["sampler"]) if e["sampler"] != "unipc_2m" else get_sampler("unipc")
+        smp = sampler_from_config(e["config"])
         grid = hand_grids(GridSpace(schedule, anchor, res.nfe, res.times), [smp.grid_rule])[e["grid"]]
         out.append({"name": f"{e['sampler']}, {e['grid']} grid", "kind": "hand", "grid": grid, "sampler": smp,
                     "policy": ltc.policies.Full(), "sampler_name": e["sampler"]})

@@ -406,7 +406,8 @@ class _Search:
         accepted = [k for k, v in enumerate(verdicts) if v["accepted"]]
         names = [f"{p.sampler.config()['name']} {p.steps} steps" for p in self.ladder]
         report = {"judge": names[0], "ladder": names, "rows": rows, "floor": floor, "candidates": verdicts,
-                  "screening": [{"sampler": e["sampler"].config()["name"], "grid": e["kind"], "fit_mean": e["fit_mean"]}
+                  "screening": [{"sampler": e["sampler"].config()["name"], "config": e["sampler"].config(),
+                                "grid": e["kind"], "fit_mean": e["fit_mean"]}
                                 for e in self.screening], "notes": list(self.notes)}
         if accepted:
             k = min(accepted, key=lambda k: verdicts[k]["mean"])
